@@ -1,0 +1,130 @@
+"""The one representation: a text and its entities as character spans.
+
+A labelled text is ``text + [(start, end, label)]`` with ``end`` exclusive, exactly what Label Studio
+stores. BIO tags exist only at two edges: column files (CoNLL) and the tagger's word labels. Both are
+converted here, through the character offsets of their tokens, so there is one conversion each way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, NamedTuple, Sequence
+
+
+class Span(NamedTuple):
+    start: int
+    end: int
+    label: str
+
+
+class SpanError(ValueError):
+    """A span or text that cannot be stored: the message names the offending field."""
+
+
+@dataclass
+class Example:
+    """A text with its entity spans, sorted by start. ``meta`` carries ids and provenance."""
+
+    text: str
+    spans: list[Span] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.spans = sorted(Span(int(s), int(e), str(lab)) for s, e, lab in self.spans)
+
+    def mentions(self) -> list[str]:
+        return [self.text[s.start : s.end] for s in self.spans]
+
+
+def validate(text: str, spans: Iterable[Sequence], labels: Iterable[str] | None = None) -> list[Span]:
+    """Check a text and its spans; return them as sorted ``Span`` tuples or raise ``SpanError``.
+
+    Rejected: empty text, non-integer offsets, span out of range, start >= end, overlapping spans,
+    and, when ``labels`` is given, a label outside it.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise SpanError("text: must be a non-empty string")
+    known = set(labels) if labels is not None else None
+    checked = []
+    for i, raw in enumerate(spans):
+        try:
+            start, end, label = raw
+        except (TypeError, ValueError):
+            raise SpanError(f"spans[{i}]: expected [start, end, label], got {raw!r}") from None
+        if not isinstance(start, int) or not isinstance(end, int) or isinstance(start, bool):
+            raise SpanError(f"spans[{i}]: start and end must be integers, got {start!r}, {end!r}")
+        if not 0 <= start < end <= len(text):
+            if start >= end:
+                raise SpanError(f"spans[{i}]: start ({start}) must be less than end ({end})")
+            raise SpanError(f"spans[{i}]: ({start}, {end}) is out of range for a text of {len(text)} characters")
+        if not isinstance(label, str) or not label:
+            raise SpanError(f"spans[{i}]: label must be a non-empty string")
+        if known is not None and label not in known:
+            raise SpanError(f"spans[{i}]: unknown label {label!r}; known labels: {sorted(known)}")
+        checked.append(Span(start, end, label))
+    checked.sort()
+    for a, b in zip(checked, checked[1:]):
+        if b.start < a.end:
+            raise SpanError(f"spans: {tuple(a)} and {tuple(b)} overlap")
+    return checked
+
+
+def iob1_to_iob2(tags: Sequence[str]) -> list[str]:
+    """IOB1 (an entity starts with I-, B- only between two same-type entities) to IOB2.
+
+    Also repairs IOB2 files with a stray I- after O or after another type: that I- starts an entity.
+    """
+    out = []
+    previous = "O"
+    for tag in tags:
+        if tag.startswith("I-") and (previous == "O" or previous[2:] != tag[2:]):
+            tag = "B-" + tag[2:]
+        out.append(tag)
+        previous = tag
+    return out
+
+
+def bio_to_spans(tags: Sequence[str], offsets: Sequence[tuple[int, int]]) -> list[Span]:
+    """Turn IOB2 tags over tokens with character ``offsets`` into spans (a stray I- starts one)."""
+    spans: list[Span] = []
+    current: list | None = None
+    for tag, (start, end) in zip(tags, offsets):
+        kind, _, label = tag.partition("-")
+        if kind == "I" and current is not None and current[2] == label:
+            current[1] = end
+            continue
+        if current is not None:
+            spans.append(Span(*current))
+            current = None
+        if kind in ("B", "I"):
+            current = [start, end, label]
+    if current is not None:
+        spans.append(Span(*current))
+    return spans
+
+
+def spans_to_bio(spans: Sequence[Span], offsets: Sequence[tuple[int, int]]) -> list[str]:
+    """Tag tokens (character ``offsets``, in text order) from ``spans`` in IOB2.
+
+    A token that only partly overlaps a span (the span boundary falls inside the token) still gets
+    the span's label, so no entity is silently dropped; ``misaligned`` reports such spans.
+    """
+    tags = ["O"] * len(offsets)
+    i = 0
+    for span in sorted(spans):
+        while i < len(offsets) and offsets[i][1] <= span.start:
+            i += 1
+        inside = False
+        while i < len(offsets) and offsets[i][0] < span.end:
+            if offsets[i][1] > offsets[i][0]:
+                tags[i] = ("I-" if inside else "B-") + span.label
+                inside = True
+            i += 1
+    return tags
+
+
+def misaligned(spans: Sequence[Span], offsets: Sequence[tuple[int, int]]) -> list[Span]:
+    """Spans whose start or end does not fall on a token boundary of ``offsets``."""
+    starts = {s for s, e in offsets if e > s}
+    ends = {e for s, e in offsets if e > s}
+    return [sp for sp in spans if sp.start not in starts or sp.end not in ends]

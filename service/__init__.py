@@ -1,0 +1,1 @@
+"""Settings, database, Label Studio client, the FastAPI app and the CLI."""

@@ -1,0 +1,183 @@
+"""The ``nerloop`` command line."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(help="Active learning and label-preserving augmentation for NER, around Label Studio.", no_args_is_help=True)
+console = Console()
+
+
+@app.callback()
+def main() -> None:
+    """nerloop: label less, learn more."""
+
+
+def fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code=2)
+
+
+def _find_split(directory: Path, endings: tuple[str, ...]) -> Path | None:
+    for ending in endings:
+        found = sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(ending))
+        if found:
+            return found[0]
+    return None
+
+
+def load_pool_and_test(data: Optional[Path], test: Optional[Path], pool_size: int, test_size: int, seed: int):
+    """The pool and test examples for a simulation.
+
+    ``data`` may be a file, a folder holding ``*train`` and ``*testb``/``*test`` files (CoNLL-2003,
+    Weibo), or nothing (the generated demo corpus). Without a test file a fixed 20% is held out.
+    Sizes above zero take a fixed random sample.
+    """
+    from active_learning.corpus import CorpusError, read_corpus
+    from active_learning.demo_corpus import generate
+
+    try:
+        if data is None:
+            examples = generate(1500, seed=seed)
+        elif data.is_dir():
+            train_file = _find_split(data, ("train",))
+            if train_file is None:
+                fail(f"--data {data}: no file ending in 'train' in this folder")
+            test = test or _find_split(data, ("testb", "test"))
+            examples = read_corpus(train_file)
+        else:
+            examples = read_corpus(data)
+        held_out = read_corpus(test) if test else None
+    except CorpusError as error:
+        fail(str(error))
+    rng = random.Random(seed)
+    if held_out is None:
+        shuffled = examples[:]
+        rng.shuffle(shuffled)
+        cut = len(shuffled) // 5
+        held_out, examples = shuffled[:cut], shuffled[cut:]
+    pool = rng.sample(examples, pool_size) if 0 < pool_size < len(examples) else examples
+    test_set = rng.sample(held_out, test_size) if 0 < test_size < len(held_out) else held_out
+    return pool, test_set
+
+
+@app.command()
+def simulate(
+    data: Optional[Path] = typer.Option(None, help="Corpus file or folder (CoNLL, JSONL, Label Studio JSON); default: a generated demo corpus"),
+    test: Optional[Path] = typer.Option(None, help="Test file; default: the folder's *testb/*test file, or a 20% hold-out"),
+    strategies: str = typer.Option("mnlp,random", help="Comma-separated: random, least_confidence, mnlp, entropy_mean, entropy_max, margin, bald"),
+    seed_size: int = typer.Option(100, help="Cold-start labelled set, in --unit"),
+    batch: int = typer.Option(100, help="Labelled per round, in --unit"),
+    rounds: int = typer.Option(5, help="Query rounds after the seed set"),
+    unit: str = typer.Option("sentences", help="Budget unit: sentences or tokens"),
+    seeds: str = typer.Option("0", help="Comma-separated random seeds; curves are averaged over them"),
+    pool_size: int = typer.Option(0, help="Sample this many pool sentences (0: all)"),
+    test_size: int = typer.Option(0, help="Sample this many test sentences (0: all)"),
+    base_model: Optional[str] = typer.Option(None, help="Hugging Face model directory or id; default: all-MiniLM-L6-v2 (offline)"),
+    epochs: int = typer.Option(10, help="Training epochs per round"),
+    min_steps: int = typer.Option(150, help="At least this many optimizer steps per training"),
+    learning_rate: float = typer.Option(1e-4),
+    batch_size: int = typer.Option(16, help="Training batch size"),
+    mc_samples: int = typer.Option(8, help="MC-dropout passes for BALD"),
+    diversity: bool = typer.Option(False, help="Spread each batch with k-means on embeddings"),
+    out: Path = typer.Option(Path("runs/simulate"), help="Output folder for curve.json and curve.png"),
+):
+    """Run the active-learning loop with gold labels standing in for annotators."""
+    from active_learning.simulation import SimulationConfig, simulate as run_simulation, write_results
+    from active_learning.training import TrainConfig
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        fail(f"--seeds: expected comma-separated integers, got {seeds!r}")
+    try:
+        config = SimulationConfig(
+            strategies=[s.strip() for s in strategies.split(",") if s.strip()],
+            seed_size=seed_size,
+            batch=batch,
+            rounds=rounds,
+            unit=unit,
+            seeds=seed_list,
+            base_model=base_model,
+            mc_samples=mc_samples,
+            diversity=diversity,
+            train=TrainConfig(epochs=epochs, min_steps=min_steps, learning_rate=learning_rate, batch_size=batch_size),
+        )
+    except ValueError as error:
+        fail(str(error))
+    pool, test_set = load_pool_and_test(data, test, pool_size, test_size, seed_list[0] if seed_list else 0)
+    labels = sorted({s.label for e in [*pool, *test_set] for s in e.spans})
+    if not labels:
+        fail("the corpus has no entity spans")
+    console.print(
+        f"pool [bold]{len(pool)}[/bold] sentences · test [bold]{len(test_set)}[/bold] · labels {', '.join(labels)} · "
+        f"strategies {', '.join(config.strategies)}"
+    )
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()]
+    with Progress(*columns, console=console) as progress:
+        trainings = len(seed_list) * (len(config.strategies) * (config.rounds + 1) + 1)
+        overall = progress.add_task("simulation", total=trainings)
+        steps = progress.add_task("training", total=1)
+
+        def on_stage(message: str) -> None:
+            if "training" in message:
+                if progress.tasks[steps].total > 1:
+                    progress.advance(overall)
+                progress.reset(steps, total=1)
+            progress.update(overall, description=message)
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            progress.update(steps, total=total, completed=step, description=f"training · loss {loss:.3f}")
+
+        def on_result(result) -> None:
+            progress.console.print(
+                f"  {result.strategy:>16} seed {result.seed} round {result.round}: {result.sentences} sentences, "
+                f"{100 * result.tokens_fraction:.1f}% of pool tokens → F1 {result.f1:.3f}"
+            )
+
+        document = run_simulation(pool, test_set, labels, config, on_stage=on_stage, on_step=on_step, on_result=on_result)
+        progress.update(overall, completed=trainings)
+    curve, png = write_results(document, out)
+    print_summary(document)
+    console.print(f"\ncurve: [bold]{curve}[/bold]\nplot:  [bold]{png}[/bold]")
+
+
+def print_summary(document: dict) -> None:
+    table = Table(title="Learning curve: entity F1 on test by round")
+    strategies = list(dict.fromkeys(r["strategy"] for r in document["rounds"]))
+    table.add_column("round")
+    table.add_column("labelled tokens (%)")
+    for name in strategies:
+        table.add_column(name)
+    by_round: dict[int, dict[str, list]] = {}
+    for r in document["rounds"]:
+        by_round.setdefault(r["round"], {}).setdefault(r["strategy"], []).append(r)
+    for number, row in sorted(by_round.items()):
+        share = sum(r["tokens_fraction"] for rs in row.values() for r in rs) / sum(len(rs) for rs in row.values())
+        cells = [f"{sum(r['f1'] for r in row[n]) / len(row[n]):.3f}" if n in row else "" for n in strategies]
+        table.add_row(str(number), f"{100 * share:.1f}", *cells)
+    console.print(table)
+    summary = Table(title="Summary")
+    for column in ("strategy", "final F1", "full-pool F1", "tokens to 99% of full F1", "AULC vs random"):
+        summary.add_column(column)
+    for name, s in document["summary"].items():
+        reached = s["tokens_fraction_to_99pct_full_f1"]
+        summary.add_row(
+            name,
+            f"{s['final_f1']:.3f}",
+            f"{s['full_pool_f1']:.3f}" if s["full_pool_f1"] is not None else "-",
+            f"{100 * reached:.1f}%" if reached is not None else f"not within {100 * s['final_tokens_fraction']:.1f}%",
+            f"{s['aulc_vs_random']:.3f}" if s["aulc_vs_random"] is not None else "-",
+        )
+    console.print(summary)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""The Celery app, queues and tasks (their own issue)."""
