@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
@@ -76,7 +77,8 @@ def read_conll(path: str | Path, label_map: Mapping[str, str | None] | None = No
         if label_map:
             spans = [Span(s.start, s.end, label_map.get(s.label, s.label)) for s in spans]
             spans = [s for s in spans if s.label is not None]
-        examples.append(Example(separator.join(tokens), spans, {"source": str(path), "line": line}))
+        meta = {"source": str(path), "line": line, **({"char_level": True} if char_level else {})}
+        examples.append(Example(separator.join(tokens), spans, meta))
     return examples
 
 
@@ -107,8 +109,15 @@ def _span_cuts(example: Example) -> set[int]:
 
 
 def to_conll_rows(example: Example) -> list[tuple[str, str]]:
-    """(token, IOB2 tag) rows for one example; tokens are cut at span boundaries so none is lost."""
-    offsets = word_offsets(example.text, _span_cuts(example))
+    """(token, IOB2 tag) rows for one example; tokens are cut at span boundaries so none is lost.
+
+    A text read from a character-level file, or with any wide (CJK) character, is written one
+    character per row, as Chinese corpora are, so ``read_conll`` joins it back without spaces.
+    """
+    if example.meta.get("char_level") or any(_is_wide(char) for char in example.text):
+        offsets = [(i, i + 1) for i, char in enumerate(example.text) if not char.isspace()]
+    else:
+        offsets = word_offsets(example.text, _span_cuts(example))
     tags = spans_to_bio(example.spans, offsets)
     return [(example.text[s:e], tag) for (s, e), tag in zip(offsets, tags)]
 
@@ -177,7 +186,17 @@ def accepted_annotation(annotations: Iterable[Mapping]) -> Mapping | None:
     candidates = [a for a in annotations if not a.get("was_cancelled")]
     if not candidates:
         return None
-    return max(candidates, key=lambda a: (bool(a.get("ground_truth")), a.get("updated_at") or "", a.get("id") or 0))
+    return max(candidates, key=lambda a: (bool(a.get("ground_truth")), _timestamp(a.get("updated_at")), a.get("id") or 0))
+
+
+def _timestamp(value) -> float:
+    """Seconds since the epoch of an ISO 8601 time (as Label Studio writes them); 0 if absent."""
+    if isinstance(value, datetime):
+        return value.timestamp()
+    try:
+        return datetime.fromisoformat(str(value)).timestamp() if value else 0.0
+    except ValueError:
+        return 0.0
 
 
 def spans_from_results(results: Iterable[Mapping]) -> list[Span]:

@@ -40,6 +40,8 @@ def evaluate(gold: Sequence[Example], predicted: Sequence[Sequence[Span]]) -> Sc
         offsets = word_offsets(example.text, cuts)
         y_true.append(spans_to_bio(example.spans, offsets))
         y_pred.append(spans_to_bio(spans, offsets))
+    if not any("-" in tag for tags in (*y_true, *y_pred) for tag in tags):
+        return Scores(0.0, 0.0, 0.0, {}, "no entities in gold or predictions")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # seqeval warns on types with no support; zero_division covers it
         table = classification_report(y_true, y_pred, mode="strict", scheme=IOB2, output_dict=True, zero_division=0)

@@ -8,6 +8,7 @@ converted here, through the character offsets of their tokens, so there is one c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Iterable, NamedTuple, Sequence
 
 
@@ -51,8 +52,9 @@ def validate(text: str, spans: Iterable[Sequence], labels: Iterable[str] | None 
             start, end, label = raw
         except (TypeError, ValueError):
             raise SpanError(f"spans[{i}]: expected [start, end, label], got {raw!r}") from None
-        if not isinstance(start, int) or not isinstance(end, int) or isinstance(start, bool):
+        if not all(isinstance(x, Integral) and not isinstance(x, bool) for x in (start, end)):
             raise SpanError(f"spans[{i}]: start and end must be integers, got {start!r}, {end!r}")
+        start, end = int(start), int(end)
         if not 0 <= start < end <= len(text):
             if start >= end:
                 raise SpanError(f"spans[{i}]: start ({start}) must be less than end ({end})")

@@ -1,0 +1,90 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from active_learning.corpus import write_jsonl
+from active_learning.simulation import SimulationConfig, simulate, summarize, token_count
+from active_learning.training import TrainConfig
+from tiny import LABELS, toy_corpus
+
+NERLOOP = str(Path(sys.executable).parent / "nerloop")
+FAST = TrainConfig(epochs=4, min_steps=0, learning_rate=3e-3, freeze_word_embeddings=False)
+
+
+def test_simulation_end_to_end_on_a_small_slice(tiny_encoder):
+    pool, test = toy_corpus(120, seed=1), toy_corpus(40, seed=2)
+    config = SimulationConfig(
+        strategies=["mnlp", "bald", "random"], seed_size=60, batch=50, rounds=2, unit="tokens",
+        base_model=str(tiny_encoder), mc_samples=3, train=FAST,
+    )
+    seen = []
+    document = simulate(pool, test, LABELS, config, on_result=seen.append)
+    rounds = document["rounds"]
+    assert len(rounds) == 3 * 3 and len(seen) == 3 * 3 + 1  # + the full-pool run
+    pool_tokens = sum(token_count(e) for e in pool)
+    assert document["pool"] == {"sentences": 120, "tokens": pool_tokens}
+    for name in ("mnlp", "bald", "random"):
+        curve = [r for r in rounds if r["strategy"] == name]
+        assert [r["round"] for r in curve] == [0, 1, 2]
+        assert curve[0]["tokens"] <= 60  # the token budget is respected
+        for before, after in zip(curve, curve[1:]):
+            assert 0 < after["tokens"] - before["tokens"] <= 50
+        assert all(0.0 <= r["f1"] <= 1.0 for r in curve)
+    # every strategy starts from the same seed set
+    assert len({r["tokens"] for r in rounds if r["round"] == 0}) == 1
+    assert 0.0 < document["full_pool_f1"]["0"] <= 1.0
+    summary = document["summary"]
+    assert summary["random"]["aulc_vs_random"] == pytest.approx(1.0)
+    assert set(summary["mnlp"]) >= {"tokens_fraction_to_99pct_full_f1", "aulc_vs_random", "full_pool_f1"}
+
+
+def test_summary_against_a_hand_made_curve():
+    def rows(name, points):
+        return [{"strategy": name, "seed": 0, "round": i, "sentences": 0, "tokens": 0, "tokens_fraction": x, "f1": y} for i, (x, y) in enumerate(points)]
+
+    document = {
+        "full_pool_f1": {"0": 0.80},
+        "rounds": rows("mnlp", [(0.1, 0.5), (0.2, 0.795), (0.3, 0.8)]) + rows("random", [(0.1, 0.5), (0.2, 0.6), (0.3, 0.7)]),
+    }
+    summary = summarize(document)
+    assert summary["mnlp"]["tokens_fraction_to_99pct_full_f1"] == pytest.approx(0.2)  # 0.795 >= 0.99 * 0.8
+    assert summary["random"]["tokens_fraction_to_99pct_full_f1"] is None
+    # trapezoids over [0.1, 0.3]: mnlp 0.1*(0.5+0.795)/2 + 0.1*(0.795+0.8)/2, random 0.1*(0.5+0.6)/2 + 0.1*(0.6+0.7)/2
+    expected = (0.06475 + 0.07975) / (0.055 + 0.065)
+    assert summary["mnlp"]["aulc_vs_random"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_cli_simulate_writes_curve_and_plot(tiny_encoder, tmp_path):
+    data = tmp_path / "toy.jsonl"
+    write_jsonl(toy_corpus(100, seed=4), data)
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [NERLOOP, "simulate", "--data", str(data), "--base-model", str(tiny_encoder), "--strategies", "mnlp,random",
+         "--seed-size", "20", "--batch", "20", "--rounds", "1", "--epochs", "3", "--min-steps", "0",
+         "--learning-rate", "3e-3", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = json.loads((out / "curve.json").read_text())
+    assert {r["strategy"] for r in document["rounds"]} == {"mnlp", "random"}
+    assert document["pool"]["sentences"] == 80 and document["test"]["sentences"] == 20  # 20% held out
+    assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Summary" in result.stdout and "curve.png" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--strategies", "mnlp,nope"], "unknown strategy 'nope'"),
+        (["--data", "/nonexistent/file.conll"], "no such file"),
+        (["--unit", "pages"], "unit must be"),
+        (["--seeds", "a,b"], "--seeds"),
+    ],
+)
+def test_cli_rejects_bad_input_with_a_clear_message(arguments, message, tmp_path):
+    result = subprocess.run([NERLOOP, "simulate", *arguments, "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert message in result.stdout + result.stderr
