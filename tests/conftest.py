@@ -20,3 +20,6 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"the shared corpora are missing at {SHARED_DATA}")
     return SHARED_DATA
+
+# Fixtures that start real servers (Label Studio, the API) live in tests/servers.py.
+pytest_plugins = ["servers"]

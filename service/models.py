@@ -1,0 +1,123 @@
+"""Database tables (SQLModel). Spans are stored as JSON lists of [start, end, label] (character offsets)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import Enum
+
+from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class TaskState(str, Enum):
+    pool = "pool"  # no accepted annotation yet
+    labelled = "labelled"
+
+
+class ModelStatus(str, Enum):
+    training = "training"
+    candidate = "candidate"  # trained and evaluated, not (yet) serving
+    active = "active"  # exactly one per project
+    retired = "retired"
+
+
+class JobStatus(str, Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+class Project(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    labels: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    ls_project_id: int | None = Field(default=None, unique=True, index=True)
+    from_name: str = "label"  # the Labels tag's name in the Label Studio config
+    to_name: str = "text"  # the Text tag's name
+    text_key: str = "text"  # the task data key the Text tag reads ($text)
+    strategy: str = "mnlp"
+    batch_size: int = 50
+    retrain_every: int = 20  # new accepted annotations that trigger a retraining
+    augment: bool = False
+    augment_ratio: float = 0.5  # augmented examples per real one, at most
+    last_pulled_at: datetime | None = None  # high-water mark of the incremental annotation pull
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Task(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("project_id", "content_hash"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(foreign_key="project.id", index=True)
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    meta: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    ls_task_id: int | None = Field(default=None, index=True)
+    content_hash: str = Field(max_length=64)
+    state: TaskState = TaskState.pool
+    is_dev: bool = False  # fixed by the content hash: labelled dev tasks compare model versions
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Annotation(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="task.id", index=True)
+    ls_annotation_id: int | None = Field(default=None, unique=True, index=True)
+    spans: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    annotator: str = ""
+    updated_at: datetime = Field(default_factory=utcnow)
+    cancelled: bool = False
+    ground_truth: bool = False
+    accepted: bool = False  # the one annotation of its task that counts (see corpus.accepted_annotation)
+
+
+class ModelVersion(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(foreign_key="project.id", index=True)
+    name: str
+    path: str = ""
+    status: ModelStatus = ModelStatus.training
+    metrics: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    dev_f1: float | None = None
+    train_size: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Prediction(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("task_id", "model_version_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="task.id", index=True)
+    model_version_id: int = Field(foreign_key="modelversion.id", index=True)
+    spans: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # [start, end, label, score]
+    score: float  # confidence in (0, 1]: lower means more uncertain, served first by Label Studio
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Job(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int | None = Field(default=None, foreign_key="project.id", index=True)
+    kind: str  # train, score_pool, sync, augment, ...
+    status: JobStatus = JobStatus.queued
+    progress: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    celery_id: str | None = Field(default=None, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class AugmentedExample(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(foreign_key="project.id", index=True)
+    source_task_id: int = Field(foreign_key="task.id", index=True)
+    method: str
+    params: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    seed: int = 0
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    spans: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,1 @@
+"""Session fixtures that start real servers for integration tests."""
