@@ -6,21 +6,27 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 from . import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from .settings import get_settings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 _engines: dict[str, Engine] = {}
 
 
 def _sqlite_pragmas(connection, _record) -> None:
     cursor = connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=10000")  # first, so the pragmas below wait for a lock too
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")  # API, worker and CLI share the file
-    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
 
 
@@ -39,10 +45,26 @@ def get_engine(url: str | None = None) -> Engine:
     return _engines[url]
 
 
+def alembic_config(url: str | None = None) -> Config:
+    """Alembic's configuration for the migrations in service/migrations, against ``url``."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["url"] = url or get_settings().database_url
+    return config
+
+
 def init_db(url: str | None = None) -> Engine:
-    """Create or upgrade the schema. (Alembic migrations replace create_all; see migrations/.)"""
+    """Bring the schema up to the newest migration (``alembic upgrade head``) and return the engine.
+
+    Cheap when the database is already at head: one read of alembic_version, no migration run.
+    """
+    url = url or get_settings().database_url
     engine = get_engine(url)
-    SQLModel.metadata.create_all(engine)
+    config = alembic_config(url)
+    with engine.connect() as connection:
+        current = set(MigrationContext.configure(connection).get_current_heads())
+    if current != set(ScriptDirectory.from_config(config).get_heads()):
+        command.upgrade(config, "head")
     return engine
 
 

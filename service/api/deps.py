@@ -1,0 +1,98 @@
+"""Dependencies the routes declare: settings, a database session, credentials, the predictor."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Iterator
+
+from fastapi import Depends, Header, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from ..models import Project
+from ..predictor import Predictor
+from ..settings import Settings
+from .errors import ApiError, not_found
+from .schemas import MAX_ID
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def get_session(engine: Annotated[Engine, Depends(get_engine)]) -> Iterator[Session]:
+    """A session per request; operations commit their own writes, anything unfinished is rolled back."""
+    with Session(engine) as session:
+        yield session
+
+
+def get_predictor(request: Request) -> Predictor:
+    return request.app.state.predictor
+
+
+def get_label_studio(settings: Annotated[Settings, Depends(get_settings)]):
+    """A Label Studio client when an API key is configured, else None."""
+    if not settings.label_studio_api_key:
+        return None
+    from ..label_studio import LabelStudioClient
+
+    return LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+ProjectId = Annotated[int, Path(ge=1, le=MAX_ID, description="nerloop project id")]
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
+
+
+_bearer = HTTPBearer(auto_error=False, description="NERLOOP_API_TOKEN; not required when the server has none set")
+
+
+def require_token(settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """``Authorization: Bearer <NERLOOP_API_TOKEN>`` when the server has a token configured."""
+    if not settings.api_token:
+        return
+    if credentials is None or not _same(credentials.credentials, settings.api_token):
+        raise ApiError.one(401, "header.Authorization", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+
+
+_basic = HTTPBasic(auto_error=False, description="Optional; set NERLOOP_ML_BASIC_AUTH_USER/_PASSWORD and the same in Label Studio")
+
+
+def require_ml_basic_auth(settings: SettingsDep, credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)]) -> None:
+    """HTTP basic auth on /ml, as Label Studio's "Connect Model" dialog offers, when a user is configured."""
+    if not settings.ml_basic_auth_user:
+        return
+    if credentials is None or not (
+        _same(credentials.username, settings.ml_basic_auth_user) and _same(credentials.password, settings.ml_basic_auth_password)
+    ):
+        raise ApiError.one(401, "header.Authorization", "missing or wrong basic auth credentials", {"WWW-Authenticate": 'Basic realm="nerloop"'})
+
+
+def require_webhook_secret(
+    settings: SettingsDep, secret: Annotated[str | None, Header(alias="X-Nerloop-Secret", include_in_schema=True)] = None
+) -> None:
+    """The shared secret Label Studio sends with each webhook, when one is configured."""
+    if not settings.webhook_secret:
+        return
+    if secret is None or not _same(secret, settings.webhook_secret):
+        raise ApiError.one(401, "header.X-Nerloop-Secret", "missing or wrong webhook secret")
+
+
+def get_project(project_id: ProjectId, session: SessionDep) -> Project:
+    project = session.get(Project, project_id)
+    if project is None:
+        raise not_found("path.project_id", f"project {project_id}")
+    return project
+
+
+ProjectDep = Annotated[Project, Depends(get_project)]

@@ -1,0 +1,117 @@
+"""The Label Studio ML-backend protocol (what "Connect Model" talks to), served under /ml.
+
+Label Studio sends its project as ``"<id>.<created-at timestamp>"``; the leading id finds our
+project row (``Project.ls_project_id``), whose tag names shape the regions. A Label Studio project
+we do not know still gets well-formed (empty) results, with tag names read from its label config.
+Every request answers with exactly one result per task.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from sqlmodel import Session, select
+
+from ..models import Project
+from ..predictor import ModelLoadError, Predictor, active_version, task_confidence
+from .schemas import MAX_ID, MLRegion, MLRegionValue, MLTaskResult
+
+logger = logging.getLogger(__name__)
+
+UNTRAINED = "untrained"
+MODEL_CLASS = "NerloopTagger"
+
+
+@dataclass(frozen=True)
+class TagNames:
+    from_name: str = "label"
+    to_name: str = "text"
+    text_key: str = "text"
+
+
+def label_studio_project_id(reference: Any) -> int | None:
+    """12 from "12.1717171717", "12" or 12; None for anything else."""
+    if isinstance(reference, bool):
+        return None
+    if isinstance(reference, int):
+        return reference if 1 <= reference <= MAX_ID else None
+    match = re.match(r"^\s*(\d{1,19})(?:\.|\s*$)", reference) if isinstance(reference, str) else None
+    if match is None:
+        return None
+    value = int(match.group(1))
+    return value if 1 <= value <= MAX_ID else None
+
+
+def tag_names_from_config(label_config: str | None) -> TagNames:
+    """The first ``<Labels>`` tag's name and target, and the key its ``<Text>`` reads (``$text``)."""
+    if not label_config or "<!DOCTYPE" in label_config.upper() or "<!ENTITY" in label_config.upper():
+        return TagNames()  # no document type definitions: no entity expansion from a stranger's XML
+    try:
+        root = ElementTree.fromstring(label_config)
+    except ElementTree.ParseError:
+        return TagNames()
+    labels = next((e for e in root.iter() if e.tag == "Labels" and e.get("name") and e.get("toName")), None)
+    if labels is None:
+        return TagNames()
+    to_name = labels.get("toName").split(",")[0]
+    text = next((e for e in root.iter() if e.get("name") == to_name and (e.get("value") or "").startswith("$")), None)
+    return TagNames(labels.get("name"), to_name, text.get("value")[1:] if text is not None else "text")
+
+
+def find_project(session: Session, reference: Any) -> Project | None:
+    ls_id = label_studio_project_id(reference)
+    if ls_id is None:
+        return None
+    return session.exec(select(Project).where(Project.ls_project_id == ls_id)).first()
+
+
+def model_version(session: Session, reference: Any) -> str:
+    """The active version's name for a Label Studio project, or "untrained"."""
+    project = find_project(session, reference)
+    version = active_version(session, project.id) if project is not None else None
+    return version.name if version is not None else UNTRAINED
+
+
+def predict_tasks(
+    session: Session, predictor: Predictor, tasks: Sequence[dict], reference: Any, label_config: str | None
+) -> list[MLTaskResult]:
+    """One result per task: regions from the active model, or none (untrained, no text)."""
+    project = find_project(session, reference)
+    names = TagNames(project.from_name, project.to_name, project.text_key) if project is not None else tag_names_from_config(label_config)
+    model = None
+    if project is not None:
+        try:
+            model = predictor.active(project.id)
+        except ModelLoadError:
+            logger.exception("project %s: the active model cannot be loaded; answering without predictions", project.id)
+    version = model.name if model is not None else UNTRAINED
+    texts = [_task_text(task, names.text_key) for task in tasks]
+    to_predict = [t for t in texts if t is not None]
+    predictions = iter(model.predict(to_predict) if model is not None and to_predict else [])
+    results = []
+    for text in texts:
+        prediction = next(predictions) if model is not None and text is not None else None
+        if prediction is None:
+            results.append(MLTaskResult(result=[], score=None, model_version=version))
+            continue
+        regions = [
+            MLRegion(
+                from_name=names.from_name,
+                to_name=names.to_name,
+                value=MLRegionValue(start=s.start, end=s.end, text=text[s.start : s.end], labels=[s.label]),
+                score=s.score,
+            )
+            for s in prediction.spans
+        ]
+        results.append(MLTaskResult(result=regions, score=task_confidence(prediction), model_version=version))
+    return results
+
+
+def _task_text(task: Any, key: str) -> str | None:
+    data = task.get("data") if isinstance(task, dict) else None
+    text = data.get(key) if isinstance(data, dict) else None
+    return text if isinstance(text, str) and text.strip() else None

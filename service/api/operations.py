@@ -1,0 +1,246 @@
+"""What the REST routes do. Each function takes a session and ids or validated bodies, commits its
+own writes, and raises ``ApiError`` for anything the client must fix."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from active_learning.spans import Example, SpanError, validate
+
+from .. import sync
+from ..label_studio import LabelStudioError
+from ..models import Annotation, Job, ModelStatus, ModelVersion, Project, Task, TaskState
+from ..predictor import ModelLoadError, NoActiveModel, Predictor, active_version, task_confidence
+from . import files
+from .errors import ApiError, conflict, invalid, not_found
+from .schemas import (
+    AnnotationRead,
+    EntityOut,
+    ImportReport,
+    PredictResponse,
+    ProjectAttach,
+    ProjectCreate,
+    ProjectReport,
+    ProjectRead,
+    ReportModel,
+    TaskCounts,
+    TaskIn,
+    TextPrediction,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def upstream(error: Exception) -> ApiError:
+    return ApiError.one(502, None, f"Label Studio: {error}")
+
+
+# ---- projects -------------------------------------------------------------------------------------
+
+
+def create_project(session: Session, body: ProjectCreate, client) -> Project:
+    """A new project; with a Label Studio client (and unless told not to), its Label Studio project too."""
+    ls_project_id = None
+    if client is not None and body.create_in_label_studio:
+        try:
+            ls_project_id = client.create_project(body.name, list(body.labels))
+        except LabelStudioError as error:
+            raise upstream(error) from error
+    project = Project(name=body.name, labels=list(body.labels), ls_project_id=ls_project_id)
+    session.add(project)
+    session.commit()
+    session.refresh(project)
+    return project
+
+
+def attach_project(session: Session, body: ProjectAttach, client) -> Project:
+    """A project for an existing Label Studio project, with the labels and tag names of its config."""
+    if client is None:
+        raise conflict("Label Studio is not configured: set NERLOOP_LABEL_STUDIO_API_KEY (and _URL)")
+    taken = session.exec(select(Project).where(Project.ls_project_id == body.ls_project_id)).first()
+    if taken is not None:
+        raise conflict(f"Label Studio project {body.ls_project_id} is already attached to project {taken.id}", "body.ls_project_id")
+    try:
+        labels, from_name, to_name, text_key = client.read_project(body.ls_project_id)
+    except LabelStudioError as error:
+        raise upstream(error) from error
+    name = body.name or f"Label Studio project {body.ls_project_id}"
+    project = Project(
+        name=name, labels=list(labels), ls_project_id=body.ls_project_id, from_name=from_name, to_name=to_name, text_key=text_key
+    )
+    session.add(project)
+    session.commit()
+    session.refresh(project)
+    return project
+
+
+def list_projects(session: Session) -> Sequence[Project]:
+    return session.exec(select(Project).order_by(Project.id)).all()
+
+
+# ---- tasks ----------------------------------------------------------------------------------------
+
+
+def examples_from_tasks(project: Project, tasks: Sequence[TaskIn]) -> list[Example]:
+    """Validate spans against their text and the project's labels; every problem names its field."""
+    examples, errors = [], []
+    for i, task in enumerate(tasks):
+        raw = [(s.start, s.end, s.label) for s in task.spans]
+        try:
+            spans = validate(task.text, raw, project.labels)
+        except SpanError as error:
+            where, _, message = str(error).partition(": ")
+            errors.append((f"body.tasks[{i}].{where}", message))
+            continue
+        examples.append(Example(task.text, spans, dict(task.meta)))
+    if errors:
+        raise invalid(errors[:50])
+    return examples
+
+
+def import_examples(session: Session, project: Project, examples: Sequence[Example], client) -> ImportReport:
+    """Store new tasks (deduplicated by content hash) and push them to Label Studio when attached."""
+    try:
+        result = sync.import_examples(session, project, list(examples), client=client)
+    except LabelStudioError as error:
+        session.rollback()
+        raise upstream(error) from error
+    session.commit()
+    return ImportReport(created=result.created, duplicates=result.duplicates)
+
+
+# ---- annotations ----------------------------------------------------------------------------------
+
+
+def list_annotations(session: Session, project: Project, accepted_only: bool, limit: int, offset: int) -> list[AnnotationRead]:
+    statement = select(Annotation, Task.text).join(Task, Annotation.task_id == Task.id).where(Task.project_id == project.id)
+    if accepted_only:
+        statement = statement.where(Annotation.accepted == True)  # noqa: E712 (SQL, not Python)
+    rows = session.exec(statement.order_by(Annotation.id).offset(offset).limit(limit)).all()
+    return [AnnotationRead(text=text, **annotation.model_dump(exclude={"spans"}), spans=list(annotation.spans)) for annotation, text in rows]
+
+
+def export_annotations(session: Session, project: Project, format: str) -> str:
+    """The accepted annotations (training and dev tasks) as JSONL or CoNLL text."""
+    train, dev = sync.accepted_examples(session, project)
+    return files.render_examples([*train, *dev], format)
+
+
+# ---- model versions -------------------------------------------------------------------------------
+
+
+def list_model_versions(session: Session, project: Project) -> Sequence[ModelVersion]:
+    return session.exec(select(ModelVersion).where(ModelVersion.project_id == project.id).order_by(ModelVersion.id)).all()
+
+
+def promote(session: Session, project: Project, version_id: int) -> ModelVersion:
+    """Make one version the active one; the version active before becomes retired."""
+    version = session.get(ModelVersion, version_id)
+    if version is None or version.project_id != project.id:
+        raise not_found("path.version_id", f"model version {version_id} of project {project.id}")
+    if version.status == ModelStatus.active:
+        return version
+    if version.status == ModelStatus.training:
+        raise conflict(f"model version {version.name} is still training", "path.version_id")
+    if not version.path or not Path(version.path).is_dir():
+        raise conflict(f"model version {version.name} has no model directory at {version.path!r}", "path.version_id")
+    current = active_version(session, project.id)
+    if current is not None:
+        current.status = ModelStatus.retired
+        session.add(current)
+        session.flush()  # never two active rows, even within this transaction
+    version.status = ModelStatus.active
+    session.add(version)
+    session.commit()
+    session.refresh(version)
+    return version
+
+
+def rollback(session: Session, project: Project) -> ModelVersion:
+    """Re-activate the version that was active before the current one.
+
+    Versions do not record when they were active, so "before" is read from the ids: the newest
+    retired version older than the active one, or else the newest retired version. Promotions in
+    training order and successive rollbacks step back through the history exactly.
+    """
+    current = active_version(session, project.id)
+    retired = session.exec(
+        select(ModelVersion)
+        .where(ModelVersion.project_id == project.id, ModelVersion.status == ModelStatus.retired)
+        .order_by(ModelVersion.id.desc())
+    ).all()
+    older = [v for v in retired if current is None or v.id < current.id]
+    previous = (older or retired or [None])[0]
+    if previous is None:
+        raise conflict(f"project {project.id} has no earlier model version to roll back to")
+    return promote(session, project, previous.id)
+
+
+# ---- prediction -----------------------------------------------------------------------------------
+
+
+def predict(predictor: Predictor, project: Project, texts: Sequence[str]) -> PredictResponse:
+    try:
+        model = predictor.active(project.id)
+    except ModelLoadError as error:
+        raise conflict(str(error)) from error
+    if model is None:
+        raise conflict(str(NoActiveModel(f"project {project.id} has no active model version; train or promote one")))
+    predictions = model.predict(texts)
+    out = []
+    for text, prediction in zip(texts, predictions):
+        entities = [EntityOut(start=s.start, end=s.end, label=s.label, text=text[s.start : s.end], score=s.score) for s in prediction.spans]
+        out.append(TextPrediction(entities=entities, score=task_confidence(prediction)))
+    return PredictResponse(model_version=model.name, predictions=out)
+
+
+# ---- training requests ----------------------------------------------------------------------------
+
+
+def request_training(session: Session, project_id: int) -> Job:
+    """Record a queued training job for the workers; a queued one already waiting is reused."""
+    waiting = session.exec(select(Job).where(Job.project_id == project_id, Job.kind == "train", Job.status == "queued")).first()
+    if waiting is not None:
+        return waiting
+    job = Job(project_id=project_id, kind="train")
+    session.add(job)
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+# ---- report ---------------------------------------------------------------------------------------
+
+
+def report(session: Session, project: Project) -> ProjectReport:
+    counts = session.exec(
+        select(Task.state, Task.is_dev, func.count()).where(Task.project_id == project.id).group_by(Task.state, Task.is_dev)
+    ).all()
+    by_state = Counter()
+    dev = 0
+    for state, is_dev, n in counts:
+        by_state[TaskState(state)] += n
+        if is_dev and TaskState(state) == TaskState.labelled:
+            dev += n
+    accepted = session.exec(
+        select(Annotation.spans).join(Task, Annotation.task_id == Task.id).where(Task.project_id == project.id, Annotation.accepted == True)  # noqa: E712
+    ).all()
+    labels = Counter({label: 0 for label in project.labels})
+    labels.update(span[2] for spans in accepted for span in spans)
+    versions = list_model_versions(session, project)
+    active = next((v.name for v in versions if v.status == ModelStatus.active), None)
+    return ProjectReport(
+        project=ProjectRead.model_validate(project, from_attributes=True),
+        tasks=TaskCounts(
+            total=sum(by_state.values()), pool=by_state[TaskState.pool], labelled=by_state[TaskState.labelled], dev=dev
+        ),
+        labels=dict(labels),
+        active_model=active,
+        model_versions=[ReportModel.model_validate(v, from_attributes=True) for v in versions],
+    )

@@ -1,0 +1,103 @@
+"""Serving predictions with a project's active model version.
+
+The active ``ModelVersion`` row names a saved tagger directory. Taggers are cached by that path, so
+a request costs one small query plus inference; a new tagger is loaded only when a different
+version becomes active (promotion, rollback), and the least recently used one is dropped.
+
+Task confidence, the ``score`` Label Studio stores with a prediction, is the geometric mean over the
+text's words of the probability of each word's most likely tag: ``exp(mean_i log max_y p(y_i))``.
+It lies in (0, 1]; lower means more uncertain. It is ``exp(-MNLP)``, so Label Studio's uncertainty
+sampling (lowest score first) serves tasks in the same order as the MNLP strategy, and unlike the
+plain product it does not favour long texts. A text without words scores 1.0.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from sqlmodel import Session, select
+
+from active_learning.tagger import Prediction, Tagger
+
+from .db import get_engine
+from .models import ModelStatus, ModelVersion
+
+
+class NoActiveModel(LookupError):
+    """The project has no active model version to predict with."""
+
+
+class ModelLoadError(RuntimeError):
+    """The active version's directory cannot be loaded as a tagger."""
+
+
+def task_confidence(prediction: Prediction) -> float:
+    """Geometric mean of the words' most likely tag probabilities; lower is more uncertain."""
+    if not len(prediction.words):
+        return 1.0
+    best = np.clip(prediction.marginals.max(axis=1), 1e-12, 1.0)
+    return float(np.exp(np.log(best).mean()))
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    """A loaded tagger and the version it serves."""
+
+    version_id: int
+    name: str
+    tagger: Tagger
+    lock: threading.Lock
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        with self.lock:  # one inference at a time per model: it uses every core anyway
+            return self.tagger.predict(list(texts))
+
+
+def active_version(session: Session, project_id: int) -> ModelVersion | None:
+    statement = select(ModelVersion).where(ModelVersion.project_id == project_id, ModelVersion.status == ModelStatus.active)
+    return session.exec(statement).first()
+
+
+class Predictor:
+    """Per-process cache of taggers, keyed by model directory."""
+
+    def __init__(self, database_url: str | None = None, max_cached: int = 2):
+        self.database_url = database_url
+        self.max_cached = max_cached
+        self._taggers: OrderedDict[str, tuple[Tagger, threading.Lock]] = OrderedDict()
+        self._loading = threading.Lock()
+
+    def active(self, project_id: int) -> ActiveModel | None:
+        """The project's active model, loaded (or from the cache); None when it has none."""
+        with Session(get_engine(self.database_url)) as session:
+            version = active_version(session, project_id)
+            if version is None:
+                return None
+            version_id, name, path = version.id, version.name, version.path
+        tagger, lock = self._tagger(path)
+        return ActiveModel(version_id, name, tagger, lock)
+
+    def predict(self, project_id: int, texts: Sequence[str]) -> list[Prediction]:
+        """Predictions of the project's active model; raises ``NoActiveModel`` when there is none."""
+        model = self.active(project_id)
+        if model is None:
+            raise NoActiveModel(f"project {project_id} has no active model version")
+        return model.predict(texts)
+
+    def _tagger(self, path: str) -> tuple[Tagger, threading.Lock]:
+        with self._loading:
+            if path in self._taggers:
+                self._taggers.move_to_end(path)
+                return self._taggers[path]
+            try:
+                entry = (Tagger.load(path), threading.Lock())
+            except (OSError, ValueError) as error:
+                raise ModelLoadError(f"cannot load the model at {path!r}: {error}") from error
+            self._taggers[path] = entry
+            while len(self._taggers) > self.max_cached:
+                self._taggers.popitem(last=False)
+            return entry
