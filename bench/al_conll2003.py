@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -42,7 +43,8 @@ def main() -> None:
         "--out", str(run_dir.relative_to(ROOT)),
     ]
     started = time.time()
-    subprocess.run([str(ROOT / ".venv" / "bin" / command[0]), *command[1:]], check=True, cwd=ROOT)
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}  # round results show up in a log as they come
+    subprocess.run([str(ROOT / ".venv" / "bin" / command[0]), *command[1:]], check=True, cwd=ROOT, env=environment)
     elapsed = time.time() - started
     document = json.loads((run_dir / "curve.json").read_text())
     keys = ("tokens_fraction_to_99pct_full_f1", "aulc_vs_random", "full_pool_f1", "final_f1", "final_tokens_fraction")

@@ -56,7 +56,8 @@ def alembic_config(url: str | None = None) -> Config:
 def init_db(url: str | None = None) -> Engine:
     """Bring the schema up to the newest migration (``alembic upgrade head``) and return the engine.
 
-    Cheap when the database is already at head: one read of alembic_version, no migration run.
+    At head it only reads alembic_version, so a start takes no migration lock and never waits for
+    another process's writes. Two processes that start on a fresh database take turns (see env.py).
     """
     url = url or get_settings().database_url
     engine = get_engine(url)

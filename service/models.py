@@ -10,7 +10,8 @@ from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    """Aware UTC time: SQLModel stores datetimes as timezone-aware UTC (naive ones are refused)."""
+    return datetime.now(timezone.utc)
 
 
 class TaskState(str, Enum):

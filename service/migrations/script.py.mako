@@ -8,7 +8,7 @@ Create Date: ${create_date}
 from typing import Sequence, Union
 
 import sqlalchemy as sa
-import sqlmodel  # noqa: F401  (autogenerate writes string columns as sqlmodel.sql.sqltypes.AutoString)
+import sqlmodel  # noqa: F401  (autogenerate writes sqlmodel.sql.sqltypes.AutoString and UTCDateTime)
 from alembic import op
 ${imports if imports else ""}
 

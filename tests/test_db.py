@@ -1,0 +1,326 @@
+"""db.py and the Alembic migrations, on SQLite (a file in tmp_path) and on PostgreSQL.
+
+PostgreSQL is reached at NERLOOP_TEST_POSTGRES_URL (default: the local server, trust auth, database
+`test`); each test session works in a database of its own, created here and dropped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, func, inspect, pool, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import SQLModel, select
+
+from service import db
+from service.db import MIGRATIONS, alembic_config, get_engine, init_db, session_scope
+from service.models import (
+    Annotation,
+    AugmentedExample,
+    Job,
+    JobStatus,
+    ModelStatus,
+    ModelVersion,
+    Prediction,
+    Project,
+    Task,
+    TaskState,
+)
+
+POSTGRES_URL = os.environ.get("NERLOOP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+REPO = Path(__file__).resolve().parents[1]
+ENUM_TYPES = {"taskstate", "modelstatus", "jobstatus"}
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """The URL of a database of this session's own on the PostgreSQL server."""
+    server = create_engine(
+        POSTGRES_URL, isolation_level="AUTOCOMMIT", poolclass=pool.NullPool, connect_args={"connect_timeout": 5}
+    )
+    try:
+        with server.connect():
+            pass
+    except OperationalError as error:
+        message = f"PostgreSQL does not answer at {POSTGRES_URL} ({error.orig}). Start it: {START_POSTGRES}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    name = f"nerloop_test_{os.getpid()}_{secrets.token_hex(4)}"
+    with server.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        get_engine(url).dispose()
+        with server.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path) -> Iterator[str]:
+    """An empty database: a new SQLite file, or the session's PostgreSQL database emptied after each test."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'nerloop.db'}"
+        yield url
+        get_engine(url).dispose()
+        return
+    url = request.getfixturevalue("postgres_database")
+    yield url
+    engine = get_engine(url)
+    engine.dispose()  # no pooled connection may keep a plan that refers to the types dropped below
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP SCHEMA public CASCADE")
+        connection.exec_driver_sql("CREATE SCHEMA public")
+    engine.dispose()
+
+
+def head() -> str:
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def current_revision(url: str) -> str | None:
+    with get_engine(url).connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def table_names(url: str) -> set[str]:
+    return set(inspect(get_engine(url)).get_table_names())
+
+
+def enum_types(url: str) -> set[str]:
+    with get_engine(url).connect() as connection:
+        return set(connection.scalars(text("SELECT typname FROM pg_type WHERE typtype = 'e'")))
+
+
+def schema_diff(url: str) -> list:
+    with get_engine(url).connect() as connection:
+        return compare_metadata(MigrationContext.configure(connection), SQLModel.metadata)
+
+
+def test_upgrade_creates_every_table(url):
+    init_db(url)
+    assert table_names(url) == set(SQLModel.metadata.tables) | {"alembic_version"}
+    assert current_revision(url) == head()
+    if url.startswith("postgresql"):
+        assert enum_types(url) == ENUM_TYPES
+
+
+def test_migrations_match_the_models(url):
+    init_db(url)
+    assert schema_diff(url) == []
+
+
+def test_downgrade_to_base_then_upgrade_again(url):
+    init_db(url)
+    config = alembic_config(url)
+    command.downgrade(config, "base")
+    assert table_names(url) == {"alembic_version"}
+    assert current_revision(url) is None
+    if url.startswith("postgresql"):
+        assert enum_types(url) == set()
+    command.upgrade(config, "head")
+    assert table_names(url) == set(SQLModel.metadata.tables) | {"alembic_version"}
+    assert schema_diff(url) == []
+
+
+def test_every_table_round_trips(url):
+    init_db(url)
+    pulled = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=timezone.utc)
+    with session_scope(url) as session:
+        project = Project(name="新闻 NER", labels=["PER", "LOC", "ORG", "人名"], ls_project_id=7, last_pulled_at=pulled)
+        session.add(project)
+        session.flush()
+        task = Task(
+            project_id=project.id,
+            text="张三在北京工作。",
+            meta={"source": "人民日报", "tags": ["新闻", "2024"], "nested": {"score": 0.5, "ok": True}},
+            ls_task_id=101,
+            content_hash="ab" * 32,
+            state=TaskState.labelled,
+            is_dev=True,
+        )
+        session.add(task)
+        session.flush()
+        model = ModelVersion(
+            project_id=project.id,
+            name="v1",
+            path="/models/v1",
+            status=ModelStatus.active,
+            metrics={"f1": 0.81, "per_label": {"PER": {"f1": 0.9}}},
+            dev_f1=0.81,
+            train_size=120,
+        )
+        session.add(model)
+        session.flush()
+        rows = [
+            project,
+            task,
+            model,
+            Annotation(
+                task_id=task.id,
+                ls_annotation_id=5001,
+                spans=[[0, 2, "PER"], [3, 5, "LOC"]],
+                annotator="小李",
+                ground_truth=True,
+                accepted=True,
+            ),
+            Prediction(task_id=task.id, model_version_id=model.id, spans=[[0, 2, "PER", 0.93]], score=0.42),
+            Job(
+                project_id=project.id,
+                kind="train",
+                status=JobStatus.failed,
+                progress={"step": 3, "of": 10, "message": "第三步"},
+                error="CUDA 内存不足",
+                celery_id="c-1",
+                started_at=pulled,
+                finished_at=pulled,
+            ),
+            AugmentedExample(
+                project_id=project.id,
+                source_task_id=task.id,
+                method="mention_replacement",
+                params={"p": 0.3, "pool": ["李四", "王五"]},
+                seed=13,
+                text="李四在上海工作。",
+                spans=[[0, 2, "PER"], [3, 5, "LOC"]],
+            ),
+        ]
+        session.add_all(rows)
+        session.flush()
+        written = [(type(row), row.model_dump()) for row in rows]
+
+    assert {table.__tablename__ for table, _ in written} == set(SQLModel.metadata.tables)
+    with session_scope(url) as session:
+        for table, values in written:
+            assert session.get(table, values["id"]).model_dump() == values
+        assert session.exec(select(Task)).one().state is TaskState.labelled
+        assert session.exec(select(ModelVersion)).one().status is ModelStatus.active
+        assert session.exec(select(Job)).one().status is JobStatus.failed
+
+
+def seed_rows(url: str) -> dict[str, int]:
+    with session_scope(url) as session:
+        project = Project(name="p", labels=["PER"], ls_project_id=1)
+        session.add(project)
+        session.flush()
+        task = Task(project_id=project.id, text="Ann met Bob.", content_hash="h1")
+        model = ModelVersion(project_id=project.id, name="v1")
+        session.add_all([task, model])
+        session.flush()
+        annotation = Annotation(task_id=task.id, ls_annotation_id=11, spans=[[0, 3, "PER"]])
+        session.add_all([annotation, Prediction(task_id=task.id, model_version_id=model.id, spans=[], score=0.5)])
+        session.flush()
+        return {"project": project.id, "task": task.id, "model": model.id, "annotation": annotation.id}
+
+
+DUPLICATES = {
+    "project.ls_project_id": lambda ids: Project(name="again", ls_project_id=1),
+    "task.project_id+content_hash": lambda ids: Task(project_id=ids["project"], text="other", content_hash="h1"),
+    "annotation.ls_annotation_id": lambda ids: Annotation(task_id=ids["task"], ls_annotation_id=11),
+    "prediction.task_id+model_version_id": lambda ids: Prediction(
+        task_id=ids["task"], model_version_id=ids["model"], score=0.1
+    ),
+}
+
+
+def row_counts(url: str) -> dict[str, int]:
+    with session_scope(url) as session:
+        return {
+            table.__tablename__: session.exec(select(func.count()).select_from(table)).one()
+            for table in (Project, Task, ModelVersion, Annotation, Prediction)
+        }
+
+
+@pytest.mark.parametrize("constraint", DUPLICATES)
+def test_unique_constraint_rolls_back_the_whole_scope(url, constraint):
+    init_db(url)
+    ids = seed_rows(url)
+    before = row_counts(url)
+    with pytest.raises(IntegrityError):
+        with session_scope(url) as session:
+            # Written and flushed before the duplicate: must vanish with it.
+            session.add(Task(project_id=ids["project"], text="fresh", content_hash="h2"))
+            session.flush()
+            session.add(DUPLICATES[constraint](ids))
+    assert row_counts(url) == before
+    with session_scope(url) as session:
+        assert session.exec(select(Task.content_hash)).all() == ["h1"]
+        assert session.get(Annotation, ids["annotation"]).spans == [[0, 3, "PER"]]
+
+
+def test_init_db_twice_is_idempotent_and_skips_alembic_at_head(url, monkeypatch):
+    engine = init_db(url)
+    seed_rows(url)
+    before = row_counts(url)
+
+    def no_upgrade(*args, **kwargs):
+        raise AssertionError("init_db ran the migrations although the database is at head")
+
+    monkeypatch.setattr(db.command, "upgrade", no_upgrade)
+    assert init_db(url) is engine
+    assert current_revision(url) == head()
+    assert row_counts(url) == before
+
+
+RACER = """
+import sys, time
+from pathlib import Path
+from service.db import init_db
+Path(sys.argv[2]).touch()
+while not Path(sys.argv[3]).exists():
+    time.sleep(0.005)
+init_db(sys.argv[1])
+"""
+
+
+def test_two_processes_initialise_a_fresh_database_at_once(url, tmp_path):
+    go = tmp_path / "go"
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, url, str(tmp_path / f"ready{i}"), str(go)],
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"ready{i}").exists() for i in range(2)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()
+    errors = [racer.communicate(timeout=60)[1] for racer in racers]
+    assert [racer.returncode for racer in racers] == [0, 0], errors
+    assert current_revision(url) == head()
+    assert schema_diff(url) == []
+
+
+def test_alembic_command_line(tmp_path):
+    """env.py also serves `alembic`: the URL from -x url=..., else from NERLOOP_DATABASE_URL."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    alembic = [sys.executable, "-m", "alembic", "-c", str(MIGRATIONS / "alembic.ini")]
+    env = {**os.environ, "NERLOOP_HOME": str(tmp_path / "home")}
+    env.pop("NERLOOP_DATABASE_URL", None)
+    subprocess.run([*alembic, "-x", f"url={url}", "upgrade", "head"], cwd=tmp_path, env=env, check=True)
+    env["NERLOOP_DATABASE_URL"] = url
+    current = subprocess.run(
+        [*alembic, "current"], cwd=tmp_path, env=env, check=True, capture_output=True, text=True
+    ).stdout
+    assert f"{head()} (head)" in current
+    assert table_names(url) == set(SQLModel.metadata.tables) | {"alembic_version"}
+    get_engine(url).dispose()
