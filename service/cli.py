@@ -179,5 +179,92 @@ def print_summary(document: dict) -> None:
     console.print(summary)
 
 
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: all)"),
+    port: int = typer.Option(8000, min=1, max=65535),
+    log_level: str = typer.Option("info", help="uvicorn log level"),
+):
+    """Serve the REST API (/api/v1, docs at /docs) and the Label Studio ML backend (/ml) in one server."""
+    import uvicorn
+
+    from service.api import create_app
+
+    uvicorn.run(create_app(), host=host, port=port, log_level=log_level)
+
+
+def _project_or_fail(session, project_id: int):
+    from service.models import Project
+
+    project = session.get(Project, project_id)
+    if project is None:
+        fail(f"--project {project_id}: no such project")
+    return project
+
+
+@app.command("import")
+def import_tasks(
+    file: Path = typer.Argument(..., help="JSONL, CSV (a 'text' column) or CoNLL file"),
+    project: int = typer.Option(..., "--project", min=1, help="nerloop project id"),
+    format: Optional[str] = typer.Option(None, help="jsonl, csv or conll; default: from the file name's ending"),
+):
+    """Import tasks into a project; texts already there are counted as duplicates, not added."""
+    from rich.markup import escape
+
+    from active_learning.corpus import CorpusError
+    from service.api.deps import get_label_studio
+    from service.api.errors import ApiError
+    from service.api.files import TaskFormat, read_task_file
+    from service.api.operations import import_examples
+    from service.db import init_db, session_scope
+    from service.settings import get_settings
+
+    try:
+        kind = TaskFormat(format) if format else None
+    except ValueError:
+        fail(f"--format: expected one of {', '.join(f.value for f in TaskFormat)}, got {format!r}")
+    settings = get_settings()
+    init_db(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        target = _project_or_fail(session, project)
+        try:
+            examples = read_task_file(file, target.labels, kind)
+            result = import_examples(session, target, examples, get_label_studio(settings), settings.dev_share)
+        except CorpusError as error:
+            fail(escape(str(error)))
+        except ApiError as error:
+            fail(escape(str(error)))
+    console.print(f"imported [bold]{result.created}[/bold] tasks into project {project}; {result.duplicates} duplicates skipped")
+
+
+@app.command()
+def export(
+    project: int = typer.Option(..., "--project", min=1, help="nerloop project id"),
+    format: str = typer.Option("jsonl", help="jsonl or conll"),
+    out: Path = typer.Option(..., "--out", help="File to write"),
+):
+    """Write a project's accepted annotations as JSONL (character spans) or CoNLL (IOB2)."""
+    from rich.markup import escape
+
+    from service.api.operations import export_annotations
+    from service.api.schemas import ExportFormat
+    from service.db import init_db, session_scope
+    from service.settings import get_settings
+
+    if format not in {f.value for f in ExportFormat}:
+        fail(f"--format: expected jsonl or conll, got {format!r}")
+    settings = get_settings()
+    init_db(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        content = export_annotations(session, _project_or_fail(session, project), format)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(content, encoding="utf-8")
+    except OSError as error:
+        fail(escape(f"--out {out}: {error.strerror or error}"))
+    lines = content.count("\n")
+    console.print(f"wrote {escape(str(out))} ({lines} lines, {format})")
+
+
 if __name__ == "__main__":
     app()

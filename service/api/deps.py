@@ -10,10 +10,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicC
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from ..label_studio import WEBHOOK_SECRET_HEADER, LabelStudioClient, LabelStudioError
 from ..models import Project
 from ..predictor import Predictor
 from ..settings import Settings
-from .errors import ApiError, not_found
+from .errors import ApiError, bad_gateway, not_found
 from .schemas import MAX_ID
 
 
@@ -35,18 +36,21 @@ def get_predictor(request: Request) -> Predictor:
     return request.app.state.predictor
 
 
-def get_label_studio(settings: Annotated[Settings, Depends(get_settings)]):
+def get_label_studio(settings: Annotated[Settings, Depends(get_settings)]) -> LabelStudioClient | None:
     """A Label Studio client when an API key is configured, else None."""
     if not settings.label_studio_api_key:
         return None
-    from ..label_studio import LabelStudioClient
-
-    return LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+    try:
+        return LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+    except LabelStudioError as error:
+        raise bad_gateway(error) from error
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
 SessionDep = Annotated[Session, Depends(get_session)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+LabelStudioDep = Annotated[LabelStudioClient | None, Depends(get_label_studio)]
 ProjectId = Annotated[int, Path(ge=1, le=MAX_ID, description="nerloop project id")]
 
 
@@ -79,13 +83,13 @@ def require_ml_basic_auth(settings: SettingsDep, credentials: Annotated[HTTPBasi
 
 
 def require_webhook_secret(
-    settings: SettingsDep, secret: Annotated[str | None, Header(alias="X-Nerloop-Secret", include_in_schema=True)] = None
+    settings: SettingsDep, secret: Annotated[str | None, Header(alias=WEBHOOK_SECRET_HEADER)] = None
 ) -> None:
     """The shared secret Label Studio sends with each webhook, when one is configured."""
     if not settings.webhook_secret:
         return
     if secret is None or not _same(secret, settings.webhook_secret):
-        raise ApiError.one(401, "header.X-Nerloop-Secret", "missing or wrong webhook secret")
+        raise ApiError.one(401, f"header.{WEBHOOK_SECRET_HEADER}", "missing or wrong webhook secret")
 
 
 def get_project(project_id: ProjectId, session: SessionDep) -> Project:

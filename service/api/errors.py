@@ -50,6 +50,11 @@ def conflict(message: str, field: str | None = None) -> ApiError:
     return ApiError.one(409, field, message)
 
 
+def bad_gateway(error: Exception) -> ApiError:
+    """Label Studio failed or refused: not the client's fault, and not ours either."""
+    return ApiError.one(502, None, f"Label Studio: {error}")
+
+
 def invalid(errors: Iterable[tuple[str | None, str]]) -> ApiError:
     return ApiError(422, list(errors))
 
@@ -66,21 +71,18 @@ def _body(errors: Iterable[tuple[str | None, str]]) -> dict:
     return {"detail": [{"field": field, "message": message} for field, message in errors]}
 
 
-def _message(error: dict) -> str:
-    message = error.get("msg", "invalid value")
-    if error.get("type") == "json_invalid":
-        message = f"not valid JSON: {error.get('ctx', {}).get('error', message)}"
-    return message
+def _field_and_message(error: dict) -> tuple[str, str]:
+    location = list(error.get("loc", ()))
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    if error.get("type") == "json_invalid":  # the location ends in a character position, not a field
+        position = location[-1] if location and isinstance(location[-1], int) else None
+        reason = error.get("ctx", {}).get("error", message)
+        return "body", f"not valid JSON: {reason}" + (f" (at character {position})" if position is not None else "")
+    return field_path(location), message
 
 
 async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = []
-    for error in exc.errors():
-        location = list(error.get("loc", ()))
-        # Union members add their type name to the location ("function-after[...]"); drop those.
-        location = [part for part in location if not (isinstance(part, str) and ("[" in part or part in ("int", "str", "list[...]")))]
-        errors.append((field_path(location), _message(error)))
-    return JSONResponse(_body(errors), status_code=422)
+    return JSONResponse(_body(_field_and_message(error) for error in exc.errors()), status_code=422)
 
 
 async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
@@ -89,7 +91,8 @@ async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
 
 async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    return JSONResponse(_body([(None, message)]), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    field = "body" if exc.status_code == 400 and "parsing the body" in message else None  # FastAPI's unreadable body
+    return JSONResponse(_body([(field, message)]), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import re
-import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from sqlmodel import Session, select
 
+from ..label_studio import LabelStudioError, parse_labelling_config
 from ..models import Project
 from ..predictor import ModelLoadError, Predictor, active_version, task_confidence
 from .schemas import MAX_ID, MLRegion, MLRegionValue, MLTaskResult
@@ -33,13 +33,9 @@ class TagNames:
     text_key: str = "text"
 
 
-def label_studio_project_id(reference: Any) -> int | None:
-    """12 from "12.1717171717", "12" or 12; None for anything else."""
-    if isinstance(reference, bool):
-        return None
-    if isinstance(reference, int):
-        return reference if 1 <= reference <= MAX_ID else None
-    match = re.match(r"^\s*(\d{1,19})(?:\.|\s*$)", reference) if isinstance(reference, str) else None
+def label_studio_project_id(reference: str | None) -> int | None:
+    """12 from "12.1717171717" or "12"; None for anything else."""
+    match = re.match(r"^\s*(\d{1,19})(?:\.|\s*$)", reference or "")
     if match is None:
         return None
     value = int(match.group(1))
@@ -47,29 +43,22 @@ def label_studio_project_id(reference: Any) -> int | None:
 
 
 def tag_names_from_config(label_config: str | None) -> TagNames:
-    """The first ``<Labels>`` tag's name and target, and the key its ``<Text>`` reads (``$text``)."""
-    if not label_config or "<!DOCTYPE" in label_config.upper() or "<!ENTITY" in label_config.upper():
-        return TagNames()  # no document type definitions: no entity expansion from a stranger's XML
+    """Tag names from a labelling config (its NER ``Labels`` on ``Text``), or the defaults."""
     try:
-        root = ElementTree.fromstring(label_config)
-    except ElementTree.ParseError:
+        config = parse_labelling_config(label_config or "")
+    except LabelStudioError:
         return TagNames()
-    labels = next((e for e in root.iter() if e.tag == "Labels" and e.get("name") and e.get("toName")), None)
-    if labels is None:
-        return TagNames()
-    to_name = labels.get("toName").split(",")[0]
-    text = next((e for e in root.iter() if e.get("name") == to_name and (e.get("value") or "").startswith("$")), None)
-    return TagNames(labels.get("name"), to_name, text.get("value")[1:] if text is not None else "text")
+    return TagNames(config.from_name, config.to_name, config.text_key)
 
 
-def find_project(session: Session, reference: Any) -> Project | None:
+def find_project(session: Session, reference: str | None) -> Project | None:
     ls_id = label_studio_project_id(reference)
     if ls_id is None:
         return None
     return session.exec(select(Project).where(Project.ls_project_id == ls_id)).first()
 
 
-def model_version(session: Session, reference: Any) -> str:
+def model_version(session: Session, reference: str | None) -> str:
     """The active version's name for a Label Studio project, or "untrained"."""
     project = find_project(session, reference)
     version = active_version(session, project.id) if project is not None else None
@@ -77,7 +66,7 @@ def model_version(session: Session, reference: Any) -> str:
 
 
 def predict_tasks(
-    session: Session, predictor: Predictor, tasks: Sequence[dict], reference: Any, label_config: str | None
+    session: Session, predictor: Predictor, tasks: Sequence[dict], reference: str | None, label_config: str | None
 ) -> list[MLTaskResult]:
     """One result per task: regions from the active model, or none (untrained, no text)."""
     project = find_project(session, reference)
@@ -114,4 +103,18 @@ def predict_tasks(
 def _task_text(task: Any, key: str) -> str | None:
     data = task.get("data") if isinstance(task, dict) else None
     text = data.get(key) if isinstance(data, dict) else None
-    return text if isinstance(text, str) and text.strip() else None
+    if not isinstance(text, str) or not text.strip():
+        return None
+    try:
+        text.encode("utf-8")  # the tokenizer cannot take lone surrogates
+    except UnicodeEncodeError:
+        return None
+    return text
+
+
+def warm_up(predictor: Predictor, project_id: int) -> None:
+    """Load the active model into the cache so the first prediction does not pay for it."""
+    try:
+        predictor.active(project_id)
+    except ModelLoadError:
+        logger.exception("project %s: the active model cannot be loaded", project_id)

@@ -9,16 +9,18 @@ from pathlib import Path
 from typing import Sequence
 
 from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from active_learning.corpus import CorpusError
 from active_learning.spans import Example, SpanError, validate
 
 from .. import sync
-from ..label_studio import LabelStudioError
+from ..label_studio import WEBHOOK_ACTIONS, LabelStudioClient, LabelStudioError
 from ..models import Annotation, Job, ModelStatus, ModelVersion, Project, Task, TaskState
-from ..predictor import ModelLoadError, NoActiveModel, Predictor, active_version, task_confidence
+from ..predictor import ModelLoadError, Predictor, active_version, task_confidence
 from . import files
-from .errors import ApiError, conflict, invalid, not_found
+from .errors import ApiError, bad_gateway, conflict, invalid, not_found
 from .schemas import (
     AnnotationRead,
     EntityOut,
@@ -37,21 +39,17 @@ from .schemas import (
 logger = logging.getLogger(__name__)
 
 
-def upstream(error: Exception) -> ApiError:
-    return ApiError.one(502, None, f"Label Studio: {error}")
-
-
 # ---- projects -------------------------------------------------------------------------------------
 
 
-def create_project(session: Session, body: ProjectCreate, client) -> Project:
+def create_project(session: Session, body: ProjectCreate, client: LabelStudioClient | None) -> Project:
     """A new project; with a Label Studio client (and unless told not to), its Label Studio project too."""
     ls_project_id = None
     if client is not None and body.create_in_label_studio:
         try:
             ls_project_id = client.create_project(body.name, list(body.labels))
         except LabelStudioError as error:
-            raise upstream(error) from error
+            raise bad_gateway(error) from error
     project = Project(name=body.name, labels=list(body.labels), ls_project_id=ls_project_id)
     session.add(project)
     session.commit()
@@ -59,7 +57,7 @@ def create_project(session: Session, body: ProjectCreate, client) -> Project:
     return project
 
 
-def attach_project(session: Session, body: ProjectAttach, client) -> Project:
+def attach_project(session: Session, body: ProjectAttach, client: LabelStudioClient | None) -> Project:
     """A project for an existing Label Studio project, with the labels and tag names of its config."""
     if client is None:
         raise conflict("Label Studio is not configured: set NERLOOP_LABEL_STUDIO_API_KEY (and _URL)")
@@ -69,13 +67,17 @@ def attach_project(session: Session, body: ProjectAttach, client) -> Project:
     try:
         labels, from_name, to_name, text_key = client.read_project(body.ls_project_id)
     except LabelStudioError as error:
-        raise upstream(error) from error
+        raise bad_gateway(error) from error
     name = body.name or f"Label Studio project {body.ls_project_id}"
     project = Project(
         name=name, labels=list(labels), ls_project_id=body.ls_project_id, from_name=from_name, to_name=to_name, text_key=text_key
     )
     session.add(project)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:  # attached by a concurrent request since the check above
+        session.rollback()
+        raise conflict(f"Label Studio project {body.ls_project_id} is already attached", "body.ls_project_id") from None
     session.refresh(project)
     return project
 
@@ -104,15 +106,27 @@ def examples_from_tasks(project: Project, tasks: Sequence[TaskIn]) -> list[Examp
     return examples
 
 
-def import_examples(session: Session, project: Project, examples: Sequence[Example], client) -> ImportReport:
-    """Store new tasks (deduplicated by content hash) and push them to Label Studio when attached."""
+def examples_from_file(project: Project, filename: str | None, data: bytes, format: files.TaskFormat | None) -> list[Example]:
     try:
-        result = sync.import_examples(session, project, list(examples), client=client)
+        return files.read_tasks(filename or "upload", data, project.labels, format)
+    except CorpusError as error:
+        raise invalid([("file", str(error))]) from error
+
+
+def import_examples(
+    session: Session, project: Project, examples: Sequence[Example], client: LabelStudioClient | None, dev_share: float
+) -> ImportReport:
+    """Store new tasks (deduplicated by content hash); pool tasks are pushed to Label Studio when attached."""
+    try:
+        result = sync.import_examples(session, project, list(examples), client=client, dev_share=dev_share)
     except LabelStudioError as error:
         session.rollback()
-        raise upstream(error) from error
+        raise bad_gateway(error) from error
+    except SpanError as error:  # checked before already; kept so a disagreement is a 422, not a 500
+        session.rollback()
+        raise invalid([(None, str(error))]) from error
     session.commit()
-    return ImportReport(created=result.created, duplicates=result.duplicates)
+    return ImportReport(created=len(result.created), duplicates=result.duplicates)
 
 
 # ---- annotations ----------------------------------------------------------------------------------
@@ -150,6 +164,9 @@ def promote(session: Session, project: Project, version_id: int) -> ModelVersion
         raise conflict(f"model version {version.name} is still training", "path.version_id")
     if not version.path or not Path(version.path).is_dir():
         raise conflict(f"model version {version.name} has no model directory at {version.path!r}", "path.version_id")
+    # Lock the project row (PostgreSQL; SQLite serialises writers anyway) so that two promotions
+    # at once cannot both see the same active version and leave two active.
+    session.exec(select(Project.id).where(Project.id == project.id).with_for_update()).one()
     current = active_version(session, project.id)
     if current is not None:
         current.status = ModelStatus.retired
@@ -191,7 +208,7 @@ def predict(predictor: Predictor, project: Project, texts: Sequence[str]) -> Pre
     except ModelLoadError as error:
         raise conflict(str(error)) from error
     if model is None:
-        raise conflict(str(NoActiveModel(f"project {project.id} has no active model version; train or promote one")))
+        raise conflict(f"project {project.id} has no active model version; train or promote one")
     predictions = model.predict(texts)
     out = []
     for text, prediction in zip(texts, predictions):
@@ -244,3 +261,37 @@ def report(session: Session, project: Project) -> ProjectReport:
         active_model=active,
         model_versions=[ReportModel.model_validate(v, from_attributes=True) for v in versions],
     )
+
+
+# ---- Label Studio events --------------------------------------------------------------------------
+
+TRAINING_EVENT = "START_TRAINING"
+ANNOTATION_EVENTS = WEBHOOK_ACTIONS  # what sync.handle_webhook records
+
+
+def event_project(session: Session, ls_project_id: int | None) -> Project:
+    """Our project for a Label Studio event's ``project.id``."""
+    if ls_project_id is None:
+        raise invalid([("body.project", "Field required: the Label Studio project ({\"id\": ...}) the event is about")])
+    project = session.exec(select(Project).where(Project.ls_project_id == ls_project_id)).first()
+    if project is None:
+        raise ApiError.one(404, "body.project.id", f"no project is attached to Label Studio project {ls_project_id}")
+    return project
+
+
+def process_event(engine, project_id: int, payload: dict) -> None:
+    """Run after the response (Label Studio waits 1 s at most): training requests become queued
+    jobs, everything else goes to ``sync.handle_webhook``. Failures are logged, never raised."""
+    action = payload.get("action")
+    try:
+        with Session(engine) as session:
+            if action == TRAINING_EVENT:
+                request_training(session, project_id)
+                return
+            project = session.get(Project, project_id)
+            if project is None:
+                return
+            sync.handle_webhook(session, project, payload)
+            session.commit()
+    except Exception:
+        logger.exception("Label Studio event %s for project %s failed", action, project_id)

@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
 from ..models import ModelStatus
 
@@ -236,9 +236,17 @@ class WebhookAccepted(BaseModel):
 # ---- Label Studio ML backend ----------------------------------------------------------------------
 
 
+def _as_text(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+# Label Studio sends "<project id>.<created-at timestamp>"; a bare id is taken too.
+ProjectReference = Annotated[Annotated[str, StringConstraints(max_length=100)] | None, BeforeValidator(_as_text)]
+
+
 class MLSetupRequest(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
-    project: str | int | None = None
+    project: ProjectReference = None
     label_config: str | None = Field(None, alias="schema")
 
 
@@ -249,7 +257,7 @@ class MLSetupResponse(BaseModel):
 class MLPredictRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     tasks: list[dict[str, Any]] = Field(max_length=MAX_TASKS)
-    project: str | int | None = None
+    project: ProjectReference = None
     label_config: str | None = None
     params: dict[str, Any] | None = None
 

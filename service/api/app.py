@@ -1,0 +1,45 @@
+"""The FastAPI application: our REST API under /api/v1 and the Label Studio ML backend under /ml."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from ..db import init_db
+from ..predictor import Predictor
+from ..settings import Settings, get_settings
+from .deps import require_token
+from .errors import install_error_handlers
+from .routes import annotations, health, ml, models, predictions, projects, tasks, webhooks
+
+API_PREFIX = "/api/v1"
+ML_PREFIX = "/ml"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """An app for ``settings`` (default: from the environment); creates the database schema if missing."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="nerloop",
+        version="0.1.0",
+        description=(
+            "Active learning for NER around Label Studio. `/api/v1` needs `Authorization: Bearer $NERLOOP_API_TOKEN` "
+            "when the server has a token (health excepted; the Label Studio webhook uses `X-Nerloop-Secret`). "
+            "`/ml` is the Label Studio ML-backend protocol (optional HTTP basic auth). "
+            'Errors: `{"detail": [{"field": "body.texts[0]", "message": "..."}]}`.'
+        ),
+    )
+    app.state.settings = settings
+    app.state.engine = init_db(settings.database_url)
+    app.state.predictor = Predictor(settings.database_url)
+    install_error_handlers(app)
+
+    protected = APIRouter(dependencies=[Depends(require_token)])
+    for module in (projects, tasks, annotations, models, predictions):
+        protected.include_router(module.router)
+    api = APIRouter(prefix=API_PREFIX)
+    api.include_router(health.router)
+    api.include_router(webhooks.router)
+    api.include_router(protected)
+    app.include_router(api)
+    app.include_router(ml.router, prefix=ML_PREFIX)
+    return app

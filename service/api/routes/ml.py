@@ -1,0 +1,46 @@
+"""The Label Studio ML-backend protocol: connect Label Studio to http://HOST:PORT/ml.
+
+Label Studio waits 3 s for /setup and 1 s for /webhook, so those only read the database or accept
+the event; model loading and event processing run after the response.
+"""
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Response
+
+from .. import ml_backend, operations
+from ..deps import EngineDep, PredictorDep, SessionDep, require_ml_basic_auth
+from ..errors import ERROR_RESPONSES
+from ..schemas import LabelStudioEvent, MLHealth, MLPredictRequest, MLPredictResponse, MLSetupRequest, MLSetupResponse, WebhookAccepted
+
+router = APIRouter(tags=["label-studio-ml-backend"], dependencies=[Depends(require_ml_basic_auth)], responses=ERROR_RESPONSES)
+
+
+@router.get("/health", response_model=MLHealth)
+@router.get("/", response_model=MLHealth, include_in_schema=False)
+def health():
+    return MLHealth(status="UP", model_class=ml_backend.MODEL_CLASS)
+
+
+@router.post("/setup", response_model=MLSetupResponse)
+def setup(body: MLSetupRequest, session: SessionDep, predictor: PredictorDep, background: BackgroundTasks):
+    """The active model version's name ("untrained" without one); the model is loaded after answering."""
+    project = ml_backend.find_project(session, body.project)
+    if project is not None:
+        background.add_task(ml_backend.warm_up, predictor, project.id)
+    return MLSetupResponse(model_version=ml_backend.model_version(session, body.project))
+
+
+@router.post("/predict", response_model=MLPredictResponse)
+def predict(body: MLPredictRequest, session: SessionDep, predictor: PredictorDep):
+    """Pre-annotations: exactly one result per task, each with regions, a task score and the model version."""
+    return MLPredictResponse(results=ml_backend.predict_tasks(session, predictor, body.tasks, body.project, body.label_config))
+
+
+@router.post("/webhook", response_model=WebhookAccepted, status_code=201)
+def webhook(event: LabelStudioEvent, session: SessionDep, engine: EngineDep, background: BackgroundTasks, response: Response):
+    """Annotation events go to the sync, START_TRAINING queues a training job; both after answering."""
+    if event.action not in (operations.TRAINING_EVENT, *operations.ANNOTATION_EVENTS):
+        response.status_code = 200
+        return WebhookAccepted(status="ignored: unknown event", action=event.action)
+    project = operations.event_project(session, event.project.id if event.project else None)
+    background.add_task(operations.process_event, engine, project.id, event.model_dump())
+    return WebhookAccepted(status="accepted", action=event.action)

@@ -1,0 +1,34 @@
+"""Task import: a JSON body, or a file (JSONL, CSV with a ``text`` column, CoNLL). Deduplicated by content."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+
+from .. import operations
+from ..deps import LabelStudioDep, ProjectDep, SessionDep, SettingsDep
+from ..errors import ERROR_RESPONSES
+from ..files import MAX_UPLOAD_BYTES, TaskFormat
+from ..schemas import ImportReport, TasksImport
+
+router = APIRouter(prefix="/projects/{project_id}/tasks", tags=["tasks"], responses=ERROR_RESPONSES)
+
+
+@router.post("", response_model=ImportReport, status_code=201)
+def import_tasks(body: TasksImport, project: ProjectDep, session: SessionDep, client: LabelStudioDep, settings: SettingsDep):
+    """Import tasks, optionally pre-labelled with spans; texts already in the project count as duplicates."""
+    examples = operations.examples_from_tasks(project, body.tasks)
+    return operations.import_examples(session, project, examples, client, settings.dev_share)
+
+
+@router.post("/upload", response_model=ImportReport, status_code=201)
+def upload_tasks(
+    project: ProjectDep,
+    session: SessionDep,
+    client: LabelStudioDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="UTF-8 JSONL, CSV or CoNLL file")],
+    format: Annotated[TaskFormat | None, Form(description="Default: from the file name's ending")] = None,
+):
+    """Import tasks from a file; its spans (JSONL, CoNLL) must use the project's labels."""
+    examples = operations.examples_from_file(project, file.filename, file.file.read(MAX_UPLOAD_BYTES + 1), format)
+    return operations.import_examples(session, project, examples, client, settings.dev_share)

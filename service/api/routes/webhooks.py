@@ -1,0 +1,18 @@
+"""Label Studio's webhook into our API, authenticated by the shared secret header ``X-Nerloop-Secret``."""
+
+from fastapi import APIRouter, BackgroundTasks, Depends
+
+from .. import operations
+from ..deps import EngineDep, SessionDep, require_webhook_secret
+from ..errors import ERROR_RESPONSES
+from ..schemas import LabelStudioEvent, WebhookAccepted
+
+router = APIRouter(prefix="/webhooks", tags=["webhooks"], dependencies=[Depends(require_webhook_secret)], responses=ERROR_RESPONSES)
+
+
+@router.post("/label-studio", response_model=WebhookAccepted, status_code=202)
+def label_studio_event(event: LabelStudioEvent, session: SessionDep, engine: EngineDep, background: BackgroundTasks):
+    """Accept an event at once (Label Studio waits 1 s) and process it after the response."""
+    project = operations.event_project(session, event.project.id if event.project else None)
+    background.add_task(operations.process_event, engine, project.id, event.model_dump())
+    return WebhookAccepted(status="accepted", action=event.action)

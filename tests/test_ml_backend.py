@@ -1,0 +1,272 @@
+"""The Label Studio ML-backend protocol under /ml, the predictor cache, and a real `nerloop serve`."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from sqlmodel import Session, select
+
+from active_learning.tagger import Prediction
+from service import sync
+from service.api.ml_backend import label_studio_project_id
+from service.models import Job, ModelStatus
+from service.predictor import NoActiveModel, Predictor, task_confidence
+from test_api import add_project, add_version, make_client, make_settings, snapshot, trained_model  # noqa: F401 (fixture)
+
+LABEL_CONFIG = '<View><Labels name="ner" toName="doc"><Label value="PER"/><Label value="LOC"/></Labels><Text name="doc" value="$body"/></View>'
+
+
+@pytest.fixture
+def client(tmp_path):
+    with make_client(tmp_path) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def served(client, trained_model):
+    """A project attached to Label Studio project 12 with custom tag names and an active model."""
+    project = add_project(client, ls_project_id=12, from_name="ner", to_name="doc", text_key="body")
+    add_version(client, project.id, "v1", trained_model, status=ModelStatus.active)
+    return client, project
+
+
+def auth(user: str, password: str) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+# ---- health and setup -----------------------------------------------------------------------------
+
+
+def test_health(client):
+    for path in ("/ml/health", "/ml/"):
+        response = client.get(path)
+        assert response.status_code == 200
+        assert response.json() == {"status": "UP", "model_class": "NerloopTagger"}
+
+
+def test_setup_names_the_active_version(served):
+    client, project = served
+    body = {"project": "12.1717171717", "schema": LABEL_CONFIG, "hostname": "http://ls", "access_token": "t", "model_version": "x"}
+    assert client.post("/ml/setup", json=body).json() == {"model_version": "v1"}
+    assert client.post("/ml/setup", json={**body, "project": "13.1717171717"}).json() == {"model_version": "untrained"}
+    assert client.post("/ml/setup", json={}).json() == {"model_version": "untrained"}
+
+
+def test_setup_without_a_model_is_untrained(client):
+    add_project(client, ls_project_id=12)
+    assert client.post("/ml/setup", json={"project": "12.1", "schema": LABEL_CONFIG}).json() == {"model_version": "untrained"}
+
+
+@pytest.mark.parametrize(
+    "reference, expected",
+    [("12.1717171717", 12), ("12", 12), (" 7.1", 7), ("x.1", None), ("12x", None), ("", None), (None, None), ("99999999999999999999.1", None), ("0.5", None)],
+)
+def test_label_studio_project_reference(reference, expected):
+    assert label_studio_project_id(reference) == expected
+
+
+# ---- predict --------------------------------------------------------------------------------------
+
+
+def test_predict_returns_one_result_per_task_with_regions(served):
+    client, _ = served
+    tasks = [
+        {"id": 1, "data": {"body": "yesterday alice met bob in paris ."}},
+        {"id": 2, "data": {"body": "we went home ."}},  # no entity
+        {"id": 3, "data": {"text": "alice in lima"}},  # not the project's text key
+        {"id": 4, "data": {"body": "   "}},
+        {"id": 5},
+        {"id": 6, "data": {"body": "carol went to oslo"}},
+    ]
+    response = client.post("/ml/predict", json={"tasks": tasks, "project": "12.1717171717", "label_config": LABEL_CONFIG, "params": {"context": None}})
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert len(results) == len(tasks)
+    assert all(r["model_version"] == "v1" for r in results)
+
+    first = results[0]
+    assert [(r["value"]["text"], r["value"]["labels"]) for r in first["result"]] == [("alice", ["PER"]), ("bob", ["PER"]), ("paris", ["LOC"])]
+    for region in first["result"]:
+        assert (region["from_name"], region["to_name"], region["type"]) == ("ner", "doc", "labels")
+        assert tasks[0]["data"]["body"][region["value"]["start"] : region["value"]["end"]] == region["value"]["text"]
+        assert 0 < region["score"] <= 1
+    assert 0 < first["score"] <= 1
+
+    no_entity = results[1]
+    assert no_entity["result"] == [] and 0 < no_entity["score"] <= 1
+    for without_text in results[2:5]:
+        assert without_text == {"result": [], "score": None, "model_version": "v1"}
+    assert [r["value"]["text"] for r in results[5]["result"]] == ["carol", "oslo"]
+
+
+def test_predict_untrained_and_unknown_projects_still_answer_every_task(client):
+    add_project(client, ls_project_id=12)
+    tasks = [{"id": i, "data": {"text": f"alice met bob {i}"}} for i in range(3)]
+    for project in ("12.1717171717", 12, "404.1", None):
+        response = client.post("/ml/predict", json={"tasks": tasks, "project": project, "label_config": LABEL_CONFIG})
+        assert response.status_code == 200
+        assert response.json() == {"results": [{"result": [], "score": None, "model_version": "untrained"}] * 3}
+    assert client.post("/ml/predict", json={"tasks": []}).json() == {"results": []}
+
+
+def test_predict_rejects_malformed_bodies_without_a_500(served):
+    client, _ = served
+    before = snapshot(client)
+    for body, field in [
+        ({}, "body.tasks"),
+        ({"tasks": "alice"}, "body.tasks"),
+        ({"tasks": ["alice"]}, "body.tasks[0]"),
+        ({"tasks": [{"data": {"body": "x"}}], "project": ["12"]}, "body.project"),
+        ({"tasks": [{"data": {"body": "x"}}], "project": "1" * 101}, "body.project"),
+        ({"tasks": [{"data": {"body": "x"}}], "params": "fast"}, "body.params"),
+        ([], "body"),
+    ]:
+        response = client.post("/ml/predict", json=body)
+        assert response.status_code == 422, (body, response.text)
+        assert field in [e["field"] for e in response.json()["detail"]], (body, response.json())
+    odd = client.post("/ml/predict", content=b'{"tasks": [{"data": {"body": "lone \\ud800"}}, {"data": {"body": 5}}], "project": "12.1"}', headers={"Content-Type": "application/json"})
+    assert odd.status_code == 200 and [r["result"] for r in odd.json()["results"]] == [[], []]
+    assert snapshot(client) == before
+
+
+# ---- webhook --------------------------------------------------------------------------------------
+
+
+def test_webhook_answers_at_once_and_queues_training(client, monkeypatch):
+    seen = []
+    monkeypatch.setattr(sync, "handle_webhook", lambda session, project, payload: seen.append(payload["action"]) or {})
+    project = add_project(client, ls_project_id=12)
+    ls_project = {"id": 12, "label_config": LABEL_CONFIG}
+
+    created = client.post("/ml/webhook", json={"action": "ANNOTATION_CREATED", "project": ls_project, "annotation": {"id": 1}, "task": {"id": 2}})
+    assert created.status_code == 201 and created.json() == {"status": "accepted", "action": "ANNOTATION_CREATED"}
+    assert seen == ["ANNOTATION_CREATED"]
+
+    for _ in range(2):  # a second click while one is queued adds nothing
+        assert client.post("/ml/webhook", json={"action": "START_TRAINING", "project": ls_project}).status_code == 201
+    with Session(client.app.state.engine) as session:
+        jobs = session.exec(select(Job)).all()
+    assert [(j.project_id, j.kind, j.status) for j in jobs] == [(project.id, "train", "queued")]
+
+    ignored = client.post("/ml/webhook", json={"action": "PROJECT_UPDATED", "project": ls_project})
+    assert ignored.status_code == 200 and ignored.json()["status"].startswith("ignored")
+    assert client.post("/ml/webhook", json={"action": "START_TRAINING", "project": {"id": 99}}).status_code == 404
+    assert client.post("/ml/webhook", json={"action": "START_TRAINING"}).status_code == 422
+    assert client.post("/ml/webhook", json={"project": ls_project}).status_code == 422
+    assert seen == ["ANNOTATION_CREATED"]
+
+
+def test_webhook_failures_in_the_background_are_logged_not_raised(client, monkeypatch, caplog):
+    def broken(session, project, payload):
+        raise RuntimeError("Label Studio went away")
+
+    monkeypatch.setattr(sync, "handle_webhook", broken)
+    add_project(client, ls_project_id=12)
+    response = client.post("/ml/webhook", json={"action": "ANNOTATION_UPDATED", "project": {"id": 12}})
+    assert response.status_code == 201
+    assert "ANNOTATION_UPDATED for project" in caplog.text and "Label Studio went away" in caplog.text
+
+
+# ---- basic auth -----------------------------------------------------------------------------------
+
+
+def test_basic_auth_on_ml_when_configured(tmp_path):
+    with make_client(tmp_path, ml_basic_auth_user="ls", ml_basic_auth_password="pw", api_token="s3cret") as client:
+        for path, method in (("/ml/health", "get"), ("/ml/setup", "post"), ("/ml/predict", "post"), ("/ml/webhook", "post")):
+            kwargs = {"json": {"tasks": []}} if method == "post" else {}
+            denied = getattr(client, method)(path, **kwargs)
+            assert denied.status_code == 401 and denied.headers["www-authenticate"].startswith("Basic")
+            assert getattr(client, method)(path, headers=auth("ls", "wrong"), **kwargs).status_code == 401
+        assert client.get("/ml/health", headers=auth("ls", "pw")).status_code == 200
+        assert client.post("/ml/predict", json={"tasks": [{"data": {"text": "x"}}]}, headers=auth("ls", "pw")).json()["results"][0]["model_version"] == "untrained"
+
+
+# ---- the predictor --------------------------------------------------------------------------------
+
+
+def test_predictor_caches_by_path_and_follows_the_active_version(client, trained_model, tmp_path):
+    project = add_project(client)
+    predictor = Predictor(client.app.state.settings.database_url)
+    with pytest.raises(NoActiveModel):
+        predictor.predict(project.id, ["alice"])
+    assert predictor.active(project.id) is None
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_model, copy)
+    first = add_version(client, project.id, "v1", trained_model, status=ModelStatus.active)
+    second = add_version(client, project.id, "v2", copy)
+    one = predictor.active(project.id)
+    assert predictor.active(project.id).tagger is one.tagger  # not reloaded while v1 stays active
+    assert client.post(f"/api/v1/projects/{project.id}/models/{second}/promote").status_code == 200
+    two = predictor.active(project.id)
+    assert two.name == "v2" and two.tagger is not one.tagger
+    assert client.post(f"/api/v1/projects/{project.id}/models/{first}/promote").status_code == 200
+    assert predictor.active(project.id).tagger is one.tagger  # back to the cached v1
+
+    (prediction,) = predictor.predict(project.id, ["yesterday alice met bob in paris ."])
+    assert [s.label for s in prediction.spans] == ["PER", "PER", "LOC"]
+
+
+def test_task_confidence_is_the_geometric_mean_of_the_best_tag_probabilities():
+    def prediction(*rows):
+        marginals = np.array(rows, dtype=np.float32).reshape(len(rows), 3)
+        return Prediction(spans=[], words=[(i, i + 1) for i in range(len(rows))], marginals=marginals)
+
+    sure = prediction([0.9, 0.05, 0.05], [0.1, 0.6, 0.3])
+    assert task_confidence(sure) == pytest.approx((0.9 * 0.6) ** 0.5)
+    unsure = prediction([0.4, 0.3, 0.3], [0.1, 0.6, 0.3])
+    assert 0 < task_confidence(unsure) < task_confidence(sure) <= 1
+    long_and_sure = prediction(*[[0.9, 0.05, 0.05]] * 50)
+    assert task_confidence(long_and_sure) == pytest.approx(0.9)  # length does not drag it down
+    assert task_confidence(prediction()) == 1.0
+
+
+# ---- a real server --------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_nerloop_serve_answers_over_http(tmp_path):
+    port = _free_port()
+    settings = make_settings(tmp_path)
+    env = {**os.environ, "NERLOOP_HOME": str(settings.home), "NERLOOP_DATABASE_URL": settings.database_url, "NERLOOP_API_TOKEN": "s3cret"}
+    script = Path(sys.executable).parent / "nerloop"
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "service.cli"]
+    server = subprocess.Popen([*command, "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                health = httpx.get(f"{base}/api/v1/health", timeout=2)
+                break
+            except httpx.TransportError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    output = server.stdout.read().decode() if server.poll() is not None else ""
+                    pytest.fail(f"nerloop serve did not come up (exit {server.poll()}):\n{output}")
+                time.sleep(0.3)
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        assert httpx.get(f"{base}/ml/health", timeout=5).json() == {"status": "UP", "model_class": "NerloopTagger"}
+        assert httpx.get(f"{base}/api/v1/projects", timeout=5).status_code == 401
+        assert httpx.get(f"{base}/api/v1/projects", headers={"Authorization": "Bearer s3cret"}, timeout=5).json() == []
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
