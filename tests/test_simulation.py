@@ -11,13 +11,13 @@ from active_learning.training import TrainConfig
 from tiny import LABELS, toy_corpus
 
 NERLOOP = str(Path(sys.executable).parent / "nerloop")
-FAST = TrainConfig(epochs=4, min_steps=0, learning_rate=3e-3, freeze_word_embeddings=False)
+FAST = TrainConfig(epochs=8, min_steps=0, learning_rate=3e-3, freeze_word_embeddings=False)
 
 
 def test_simulation_end_to_end_on_a_small_slice(tiny_encoder):
     pool, test = toy_corpus(120, seed=1), toy_corpus(40, seed=2)
     config = SimulationConfig(
-        strategies=["mnlp", "bald", "random"], seed_size=60, batch=50, rounds=2, unit="tokens",
+        strategies=["mnlp", "bald", "random"], seed_size=150, batch=60, rounds=2, unit="tokens",
         base_model=str(tiny_encoder), mc_samples=3, train=FAST,
     )
     seen = []
@@ -29,10 +29,11 @@ def test_simulation_end_to_end_on_a_small_slice(tiny_encoder):
     for name in ("mnlp", "bald", "random"):
         curve = [r for r in rounds if r["strategy"] == name]
         assert [r["round"] for r in curve] == [0, 1, 2]
-        assert curve[0]["tokens"] <= 60  # the token budget is respected
+        assert curve[0]["tokens"] <= 150  # the token budget is respected
         for before, after in zip(curve, curve[1:]):
-            assert 0 < after["tokens"] - before["tokens"] <= 50
+            assert 0 < after["tokens"] - before["tokens"] <= 60
         assert all(0.0 <= r["f1"] <= 1.0 for r in curve)
+        assert curve[-1]["f1"] > 0.3  # the toy pattern is being learned
     # every strategy starts from the same seed set
     assert len({r["tokens"] for r in rounds if r["round"] == 0}) == 1
     assert 0.0 < document["full_pool_f1"]["0"] <= 1.0
