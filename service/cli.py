@@ -202,6 +202,82 @@ def _project_or_fail(session, project_id: int):
     return project
 
 
+def _label_studio_or_fail(settings):
+    """A working Label Studio client (server reachable, token accepted), or a clear error."""
+    from rich.markup import escape
+
+    from service.label_studio import LabelStudioClient, LabelStudioError
+
+    try:
+        client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key, retries=1)
+        client.whoami()
+    except LabelStudioError as error:
+        fail(escape(str(error)))
+    return client
+
+
+@app.command()
+def init(
+    name: Optional[str] = typer.Option(None, help="Create a project with this name (and its Label Studio project)"),
+    labels: Optional[str] = typer.Option(None, help="Comma-separated entity labels for a new project, e.g. PER,ORG,LOC"),
+    attach: Optional[int] = typer.Option(None, help="Attach to this existing Label Studio project id instead"),
+    webhook: bool = typer.Option(True, help="Register nerloop's webhook in Label Studio (needs NERLOOP_PUBLIC_URL reachable from it)"),
+):
+    """Connect Label Studio (NERLOOP_LABEL_STUDIO_URL / _API_KEY) and create or attach a project."""
+    from rich.markup import escape
+
+    from service.api.errors import ApiError
+    from service.api.operations import attach_project, create_project
+    from service.api.schemas import ProjectAttach, ProjectCreate
+    from service.db import init_db, session_scope
+    from service.label_studio import LabelStudioError
+    from service.settings import get_settings
+
+    if (attach is None) == (name is None):
+        fail("give either --name and --labels (new project) or --attach LABEL_STUDIO_PROJECT_ID")
+    if name is not None and not labels:
+        fail("--labels: a new project needs its entity labels, e.g. --labels PER,ORG,LOC")
+    settings = get_settings()
+    client = _label_studio_or_fail(settings)
+    init_db(settings.database_url)
+    try:
+        with session_scope(settings.database_url) as session:
+            if attach is not None:
+                project = attach_project(session, ProjectAttach(ls_project_id=attach), client)
+            else:
+                body = ProjectCreate(name=name, labels=[label.strip() for label in labels.split(",") if label.strip()])
+                project = create_project(session, body, client)
+            if webhook:
+                url = settings.public_url.rstrip("/") + "/api/v1/webhooks/label-studio"
+                client.register_webhook(project.ls_project_id, url, settings.webhook_secret)
+            project_id, ls_project_id, project_labels = project.id, project.ls_project_id, project.labels
+    except (ApiError, LabelStudioError, ValueError) as error:
+        fail(escape(str(error)))
+    console.print(
+        f"project [bold]{project_id}[/bold] ↔ Label Studio project {ls_project_id} · labels {', '.join(project_labels)}\n"
+        f"next: nerloop import FILE --project {project_id}; in Label Studio, Settings → Model → Connect Model "
+        f"with URL {settings.public_url.rstrip('/')}/ml"
+    )
+
+
+@app.command()
+def sync(project: int = typer.Option(..., "--project", min=1, help="nerloop project id")):
+    """Pull the annotations Label Studio has that nerloop has not seen (what a webhook missed)."""
+    from service import sync as annotation_sync
+    from service.db import init_db, session_scope
+    from service.settings import get_settings
+
+    settings = get_settings()
+    client = _label_studio_or_fail(settings)
+    init_db(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        target = _project_or_fail(session, project)
+        if target.ls_project_id is None:
+            fail(f"--project {project}: not connected to a Label Studio project (see nerloop init)")
+        changed = annotation_sync.pull(session, target, client)
+    console.print(f"project {project}: {changed} annotation changes pulled from Label Studio")
+
+
 @app.command("import")
 def import_tasks(
     file: Path = typer.Argument(..., help="JSONL, CSV (a 'text' column) or CoNLL file"),
