@@ -13,14 +13,15 @@ plain product it does not favour long texts. A text without words scores 1.0.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 from sqlmodel import Session, select
 
+from active_learning.strategies import MNLP
 from active_learning.tagger import Prediction, Tagger
 
 from .db import get_engine
@@ -37,10 +38,7 @@ class ModelLoadError(RuntimeError):
 
 def task_confidence(prediction: Prediction) -> float:
     """Geometric mean of the words' most likely tag probabilities; lower is more uncertain."""
-    if not len(prediction.words):
-        return 1.0
-    best = np.clip(prediction.marginals.max(axis=1), 1e-12, 1.0)
-    return float(np.exp(np.log(best).mean()))
+    return math.exp(-MNLP().scores([prediction])[0])
 
 
 @dataclass(frozen=True)
