@@ -27,7 +27,7 @@ RESULTS = ROOT / "bench" / "results"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--strategies", default="mnlp,bald,random")
+    parser.add_argument("--strategies", default="mnlp,random")
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"CoNLL-2003 not found at {DATA}")
