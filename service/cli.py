@@ -342,5 +342,162 @@ def export(
     console.print(f"wrote {escape(str(out))} ({lines} lines, {format})")
 
 
+# ---- workers and jobs -----------------------------------------------------------------------------
+
+WORKER_QUEUES = ("gpu", "cpu")
+
+
+@app.command()
+def worker(
+    queues: str = typer.Option("gpu,cpu", help="Comma-separated: gpu (training, pool scoring), cpu (sync, pushes to Label Studio)"),
+    concurrency: int = typer.Option(1, min=1, help="Worker processes; keep 1 on the gpu queue (one model per accelerator)"),
+    pool: str = typer.Option("prefork", help="prefork (a task whose process dies is delivered again) or solo (runs in this process)"),
+    loglevel: str = typer.Option("info", help="Celery log level"),
+):
+    """Run a Celery worker on the broker of the settings (NERLOOP_BROKER_URL; default: the embedded SQLite broker)."""
+    chosen = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = [q for q in chosen if q not in WORKER_QUEUES]
+    if not chosen or unknown:
+        fail(f"--queues: expected a comma-separated subset of {','.join(WORKER_QUEUES)}, got {queues!r}")
+    if pool not in ("prefork", "solo"):
+        fail(f"--pool: expected prefork or solo, got {pool!r}")
+    from service.db import init_db
+    from workers.celery_app import app as celery
+
+    init_db()
+    celery.worker_main(["worker", "--queues", ",".join(chosen), "--concurrency", str(concurrency), "--pool", pool, "--loglevel", loglevel])
+
+
+@app.command()
+def train(
+    project: int = typer.Option(..., "--project", min=1, help="nerloop project id"),
+    wait: bool = typer.Option(False, "--wait", help="Follow the job until it ends; exit 1 if it fails"),
+    timeout: float = typer.Option(0, min=0, help="With --wait: give up after this many seconds (0: never)"),
+):
+    """Queue a training of the project's model (a training already queued is reused)."""
+    from rich.markup import escape
+
+    from service.api.errors import ApiError
+    from service.api.operations import request_training
+    from service.db import init_db, session_scope
+    from service.settings import get_settings
+
+    settings = get_settings()
+    init_db(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        _project_or_fail(session, project)
+        try:
+            job = request_training(session, project, settings)
+        except ApiError as error:
+            fail(escape(str(error)))
+        job_id, status = job.id, job.status.value
+    console.print(f"training job [bold]{job_id}[/bold] of project {project}: {status}")
+    if wait:
+        raise typer.Exit(follow_job(job_id, timeout))
+
+
+def follow_job(job_id: int, timeout: float = 0) -> int:
+    """Show a job's progress until it ends; 0 when it succeeded, 1 when it failed, 3 on timeout."""
+    import time
+
+    from rich.markup import escape
+    from sqlmodel import Session
+
+    from service.db import get_engine
+    from service.models import Job, JobStatus
+
+    engine = get_engine()
+    started = time.monotonic()
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()]
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task(f"job {job_id}", total=None)
+        while True:
+            with Session(engine) as session:
+                job = session.get(Job, job_id)
+                status, state, error = job.status, dict(job.progress), job.error
+            if status in (JobStatus.succeeded, JobStatus.failed):
+                break
+            total = state.get("total_steps") or state.get("tasks")
+            done = state.get("step") or state.get("scored") or 0
+            progress.update(bar, total=total or None, completed=done, description=f"job {job_id} · {escape(job_summary(status, state))}")
+            if timeout and time.monotonic() - started > timeout:
+                progress.stop()
+                console.print(f"[yellow]job {job_id} is still {status.value} after {timeout:g}s[/yellow]")
+                return 3
+            time.sleep(0.5)
+    if status == JobStatus.failed:
+        console.print(f"[red]job {job_id} failed:[/red] {escape(error or 'no error recorded')}")
+        return 1
+    console.print(f"job {job_id} succeeded: {escape(job_summary(status, state))}")
+    return 0
+
+
+def job_summary(status, progress: dict) -> str:
+    """One line about a job's progress, from the fields its task writes."""
+    from service.models import JobStatus
+
+    if status == JobStatus.queued:
+        waiting = progress.get("waiting_for")
+        return f"queued behind job {waiting}" if waiting else "queued (is a worker running? nerloop worker)"
+    if "version" in progress:
+        f1 = progress.get("dev_f1")
+        score = f", dev F1 {f1:.3f}" if f1 is not None else ""
+        return f"{progress['version']} {'promoted' if progress.get('promoted') else 'kept as candidate'}{score}: {progress.get('decision', '')}"
+    parts = [progress.get("stage", status.value)]
+    if "epoch" in progress:
+        parts.append(f"epoch {progress['epoch']}")
+    if progress.get("total_steps"):
+        parts.append(f"step {progress.get('step', 0)}/{progress['total_steps']}")
+    if progress.get("loss") is not None:
+        parts.append(f"loss {progress['loss']:.4f}")
+    if progress.get("dev_f1") is not None:
+        parts.append(f"dev F1 {progress['dev_f1']:.3f}")
+    if "tasks" in progress:
+        parts.append(f"scored {progress.get('scored', 0)}/{progress['tasks']}")
+    if "pushed" in progress:
+        parts.append(f"pushed {progress['pushed']}")
+    if "changed" in progress:
+        parts.append(f"{progress['changed']} annotations changed")
+    return " · ".join(str(p) for p in parts)
+
+
+@app.command()
+def jobs(
+    project: Optional[int] = typer.Option(None, "--project", min=1, help="Only this project's jobs"),
+    limit: int = typer.Option(20, min=1, help="Newest jobs shown"),
+):
+    """List jobs, newest first: kind, status, progress, and the first line of any error."""
+    from rich.markup import escape
+    from sqlmodel import select
+
+    from service.db import init_db, session_scope
+    from service.models import Job
+    from service.settings import get_settings
+
+    settings = get_settings()
+    init_db(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        statement = select(Job).order_by(Job.id.desc()).limit(limit)
+        if project is not None:
+            statement = statement.where(Job.project_id == project)
+        rows = session.exec(statement).all()
+        table = Table(title="Jobs")
+        for column in ("id", "project", "kind", "status", "progress", "created", "finished", "error"):
+            table.add_column(column, no_wrap=column not in ("progress", "error"))
+        colours = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red"}
+        for job in rows:
+            table.add_row(
+                str(job.id),
+                str(job.project_id or ""),
+                job.kind,
+                f"[{colours[job.status.value]}]{job.status.value}[/]",
+                escape(job_summary(job.status, job.progress)),
+                f"{job.created_at:%Y-%m-%d %H:%M:%S}",
+                f"{job.finished_at:%H:%M:%S}" if job.finished_at else "",
+                escape((job.error or "").splitlines()[0] if job.error else ""),
+            )
+    console.print(table if rows else "no jobs")
+
+
 if __name__ == "__main__":
     app()

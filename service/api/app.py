@@ -9,7 +9,7 @@ from ..predictor import Predictor
 from ..settings import Settings, get_settings
 from .deps import require_token
 from .errors import install_error_handlers
-from .routes import annotations, health, ml, models, predictions, projects, tasks, webhooks
+from .routes import annotations, health, jobs, ml, models, predictions, projects, tasks, webhooks
 
 API_PREFIX = "/api/v1"
 ML_PREFIX = "/ml"
@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
 
     protected = APIRouter(dependencies=[Depends(require_token)])
-    for module in (projects, tasks, annotations, models, predictions):
+    for module in (projects, tasks, annotations, models, predictions, jobs):
         protected.include_router(module.router)
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(health.router)

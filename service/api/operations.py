@@ -14,11 +14,13 @@ from sqlmodel import Session, select
 
 from active_learning.corpus import CorpusError
 from active_learning.spans import Example, SpanError, validate
+from workers import jobs
 
 from .. import sync
 from ..label_studio import WEBHOOK_ACTIONS, LabelStudioClient, LabelStudioError
 from ..models import Annotation, Job, ModelStatus, ModelVersion, Project, Task, TaskState
 from ..predictor import ModelLoadError, Predictor, active_version, task_confidence
+from ..settings import Settings
 from . import files
 from .errors import ApiError, bad_gateway, conflict, invalid, not_found
 from .schemas import (
@@ -220,16 +222,27 @@ def predict(predictor: Predictor, project: Project, texts: Sequence[str]) -> Pre
 # ---- training requests ----------------------------------------------------------------------------
 
 
-def request_training(session: Session, project_id: int) -> Job:
-    """Record a queued training job for the workers; a queued one already waiting is reused."""
-    waiting = session.exec(select(Job).where(Job.project_id == project_id, Job.kind == "train", Job.status == "queued")).first()
-    if waiting is not None:
-        return waiting
-    job = Job(project_id=project_id, kind="train")
-    session.add(job)
-    session.commit()
-    session.refresh(job)
+def request_training(session: Session, project_id: int, settings: Settings | None = None) -> Job:
+    """Queue a training job for the workers (task ``nerloop.train`` on ``settings``' broker); a queued
+    one already waiting is reused, so requests during a run leave exactly one follow-up. 503 when the
+    broker refuses (the job is then recorded as failed)."""
+    try:
+        return jobs.request(session, project_id, "train", settings=settings)
+    except jobs.EnqueueError as error:
+        raise ApiError.one(503, None, str(error)) from error
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise not_found("path.job_id", f"job {job_id}")
     return job
+
+
+def list_jobs(session: Session, project: Project, limit: int, offset: int) -> Sequence[Job]:
+    """The project's jobs, newest first."""
+    statement = select(Job).where(Job.project_id == project.id).order_by(Job.id.desc()).offset(offset).limit(limit)
+    return session.exec(statement).all()
 
 
 # ---- report ---------------------------------------------------------------------------------------
@@ -279,14 +292,14 @@ def event_project(session: Session, ls_project_id: int | None) -> Project:
     return project
 
 
-def process_event(engine, project_id: int, payload: dict) -> None:
+def process_event(engine, project_id: int, payload: dict, settings: Settings | None = None) -> None:
     """Run after the response (Label Studio waits 1 s at most): training requests become queued
     jobs, everything else goes to ``sync.handle_webhook``. Failures are logged, never raised."""
     action = payload.get("action")
     try:
         with Session(engine) as session:
             if action == TRAINING_EVENT:
-                request_training(session, project_id)
+                request_training(session, project_id, settings)
                 return
             project = session.get(Project, project_id)
             if project is None:

@@ -7,7 +7,7 @@ the event; model loading and event processing run after the response.
 from fastapi import APIRouter, BackgroundTasks, Depends, Response
 
 from .. import ml_backend, operations
-from ..deps import EngineDep, PredictorDep, SessionDep, require_ml_basic_auth
+from ..deps import EngineDep, PredictorDep, SessionDep, SettingsDep, require_ml_basic_auth
 from ..errors import ERROR_RESPONSES
 from ..schemas import LabelStudioEvent, MLHealth, MLPredictRequest, MLPredictResponse, MLSetupRequest, MLSetupResponse, WebhookAccepted
 
@@ -36,11 +36,13 @@ def predict(body: MLPredictRequest, session: SessionDep, predictor: PredictorDep
 
 
 @router.post("/webhook", response_model=WebhookAccepted, status_code=201)
-def webhook(event: LabelStudioEvent, session: SessionDep, engine: EngineDep, background: BackgroundTasks, response: Response):
+def webhook(
+    event: LabelStudioEvent, session: SessionDep, engine: EngineDep, settings: SettingsDep, background: BackgroundTasks, response: Response
+):
     """Annotation events go to the sync, START_TRAINING queues a training job; both after answering."""
     if event.action not in (operations.TRAINING_EVENT, *operations.ANNOTATION_EVENTS):
         response.status_code = 200
         return WebhookAccepted(status="ignored: unknown event", action=event.action)
     project = operations.event_project(session, event.project.id if event.project else None)
-    background.add_task(operations.process_event, engine, project.id, event.model_dump())
+    background.add_task(operations.process_event, engine, project.id, event.model_dump(), settings)
     return WebhookAccepted(status="accepted", action=event.action)

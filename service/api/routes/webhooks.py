@@ -3,7 +3,7 @@
 from fastapi import APIRouter, BackgroundTasks, Depends
 
 from .. import operations
-from ..deps import EngineDep, SessionDep, require_webhook_secret
+from ..deps import EngineDep, SessionDep, SettingsDep, require_webhook_secret
 from ..errors import ERROR_RESPONSES
 from ..schemas import LabelStudioEvent, WebhookAccepted
 
@@ -11,8 +11,10 @@ router = APIRouter(prefix="/webhooks", tags=["webhooks"], dependencies=[Depends(
 
 
 @router.post("/label-studio", response_model=WebhookAccepted, status_code=202)
-def label_studio_event(event: LabelStudioEvent, session: SessionDep, engine: EngineDep, background: BackgroundTasks):
+def label_studio_event(
+    event: LabelStudioEvent, session: SessionDep, engine: EngineDep, settings: SettingsDep, background: BackgroundTasks
+):
     """Accept an event at once (Label Studio waits 1 s) and process it after the response."""
     project = operations.event_project(session, event.project.id if event.project else None)
-    background.add_task(operations.process_event, engine, project.id, event.model_dump())
+    background.add_task(operations.process_event, engine, project.id, event.model_dump(), settings)
     return WebhookAccepted(status="accepted", action=event.action)

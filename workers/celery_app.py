@@ -1,0 +1,118 @@
+"""The Celery app: broker and result backend from the settings, two queues, routing by task name.
+
+This module needs only the settings, so the API and the CLI import it to enqueue tasks by NAME
+(``enqueue("nerloop.train", project_id, job_id=...)``) and never import task code. A worker loads
+the tasks (``workers.tasks``) itself: ``celery -A workers.celery_app worker -Q gpu,cpu`` or
+``nerloop worker``.
+
+Queues: ``gpu`` runs model work (training, pool scoring and its shards); ``cpu`` runs I/O (annotation
+sync, pushing predictions to Label Studio, Celery's own chord bookkeeping). A GPU host runs one
+worker per accelerator on ``gpu`` with concurrency 1; ``cpu`` can run anywhere, with more.
+
+Delivery: tasks are acknowledged when they end (``acks_late``) and given back to the broker when the
+process running them dies (``reject_on_worker_lost``), so a killed task runs again; tasks are written
+to be run twice (see ``workers.jobs``). With Redis, a task unacknowledged for the transport's
+``visibility_timeout`` (1 hour by default; ``NERLOOP_BROKER_TRANSPORT_OPTIONS``) is delivered again
+even when its worker is alive; the job guard turns that duplicate into a wait.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from datetime import timedelta
+from pathlib import Path
+
+from celery import Celery
+from celery.result import AsyncResult
+from kombu import Exchange, Queue
+
+from service.settings import Settings, get_settings
+
+from .config import WorkerSettings, get_worker_settings
+
+GPU = "gpu"
+CPU = "cpu"
+TASK_QUEUES = {
+    "nerloop.train": GPU,
+    "nerloop.score_pool": GPU,
+    "nerloop.score_shard": GPU,
+    "nerloop.sync": CPU,
+    "nerloop.push_predictions": CPU,
+}
+
+
+def celery_config(settings: Settings, worker: WorkerSettings) -> dict:
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "broker_transport_options": dict(worker.broker_transport_options),
+        "result_backend_transport_options": dict(worker.result_backend_transport_options),
+        "broker_connection_retry_on_startup": True,
+        "task_queues": tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in (GPU, CPU)),
+        "task_default_queue": CPU,  # anything unrouted, Celery's chord_unlock included
+        "task_routes": {name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,  # a worker holds one task at a time: a long training blocks no other
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,  # outcomes live in the Job rows; only chord members store results
+        "result_expires": timedelta(days=1),
+        "include": ["workers.tasks"],
+    }
+
+
+def create_app(settings: Settings | None = None, worker: WorkerSettings | None = None, *, current: bool = True) -> Celery:
+    app = Celery("nerloop", set_as_current=current)
+    app.conf.update(celery_config(settings or get_settings(), worker or get_worker_settings()))
+    return app
+
+
+def make_sqlite_folders(app: Celery) -> None:
+    """SQLite creates a missing database file but not its folder: the embedded broker and result
+    backend live in NERLOOP_HOME, which may not exist yet. Called before publishing and by workers."""
+    for url in (app.conf.broker_url, app.conf.result_backend):
+        scheme, _, rest = (url or "").partition("://")
+        if scheme.endswith("sqlite") and rest.startswith("/") and rest != "/:memory:":
+            Path(rest[1:]).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _key(settings: Settings, worker: WorkerSettings) -> str:
+    return json.dumps(
+        [settings.broker_url, settings.result_backend, worker.broker_transport_options, worker.result_backend_transport_options],
+        sort_keys=True,
+    )
+
+
+# The app of the environment's settings: the one workers run.
+app = create_app()
+_apps: OrderedDict[str, Celery] = OrderedDict({_key(get_settings(), get_worker_settings()): app})
+_MAX_APPS = 4
+
+
+def app_for(settings: Settings | None = None) -> Celery:
+    """The app that publishes to ``settings``' broker (the module's app for the environment's settings)."""
+    settings = settings or get_settings()
+    key = _key(settings, get_worker_settings())
+    if key not in _apps:
+        _apps[key] = create_app(settings, current=False)
+        while len(_apps) > _MAX_APPS:
+            _, evicted = _apps.popitem(last=False)
+            if evicted is not app:
+                evicted.close()
+    _apps.move_to_end(key)
+    return _apps[key]
+
+
+def enqueue(
+    name: str, *args, queue: str | None = None, settings: Settings | None = None, task_id: str | None = None, **kwargs
+) -> AsyncResult:
+    """Send task ``name`` with ``args``/``kwargs`` to its queue (or ``queue``), by name only."""
+    if name not in TASK_QUEUES:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASK_QUEUES)}")
+    target = app_for(settings)
+    make_sqlite_folders(target)
+    routing = {"queue": queue} if queue else {}  # else task_routes decide, by name
+    return target.send_task(name, args=args, kwargs=kwargs, task_id=task_id, **routing)

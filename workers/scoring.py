@@ -1,0 +1,100 @@
+"""Scoring the pool with a model version, in shards, and pushing the result to Label Studio in bulk.
+
+A shard predicts its tasks and stores one ``Prediction`` row per task and version (spans with their
+probabilities, and the task confidence: lower is more uncertain). Storing is an upsert, so a shard run
+twice writes the same rows. The push reads the rows back and imports them into Label Studio in bulk,
+at the version's name, with uncertainty sampling on: the least confident task is served first.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from sqlmodel import select
+
+from service.db import session_scope
+from service.label_studio import LabelStudioClient, results_from_spans
+from service.models import ModelStatus, ModelVersion, Prediction, Project, Task, TaskState
+from service.predictor import task_confidence
+from service.settings import get_settings
+
+from . import store
+
+log = logging.getLogger(__name__)
+
+
+def pool_task_ids(project_id: int) -> list[int]:
+    with session_scope() as session:
+        return list(
+            session.exec(select(Task.id).where(Task.project_id == project_id, Task.state == TaskState.pool).order_by(Task.id))
+        )
+
+
+def shards(ids: Sequence[int], size: int) -> list[list[int]]:
+    return [list(ids[start : start + size]) for start in range(0, len(ids), size)]
+
+
+def is_active(version_id: int) -> bool:
+    with session_scope() as session:
+        version = session.get(ModelVersion, version_id)
+        return version is not None and version.status == ModelStatus.active
+
+
+def score_tasks(version_id: int, task_ids: Sequence[int]) -> int:
+    """Predict the tasks with the version's model and store the predictions; returns how many."""
+    with session_scope() as session:
+        version = session.get(ModelVersion, version_id)
+        if version is None:
+            raise LookupError(f"model version {version_id} does not exist")
+        path = version.path
+        tasks = session.exec(select(Task.id, Task.text).where(Task.id.in_(list(task_ids))).order_by(Task.id)).all()
+    predictions = store.load(path).predict([text for _, text in tasks])
+    scored = {
+        task_id: ([[s.start, s.end, s.label, round(s.score, 6)] for s in prediction.spans], task_confidence(prediction))
+        for (task_id, _), prediction in zip(tasks, predictions)
+    }
+    with session_scope() as session:
+        existing = session.exec(
+            select(Prediction).where(Prediction.model_version_id == version_id, Prediction.task_id.in_(list(scored)))
+        ).all()
+        for row in existing:
+            row.spans, row.score = scored.pop(row.task_id)
+            session.add(row)
+        session.add_all(
+            Prediction(task_id=task_id, model_version_id=version_id, spans=spans, score=score)
+            for task_id, (spans, score) in scored.items()
+        )
+    return len(tasks)
+
+
+def push(project_id: int, version_id: int) -> int:
+    """Import the version's predictions for the pool into Label Studio; returns how many it created.
+
+    Does nothing (returns 0) unless the project is attached to Label Studio and an API key is set.
+    """
+    settings = get_settings()
+    with session_scope() as session:
+        project = session.get(Project, project_id)
+        version = session.get(ModelVersion, version_id)
+        if project is None or version is None or project.ls_project_id is None or not settings.label_studio_api_key:
+            return 0
+        rows = session.exec(
+            select(Prediction, Task)
+            .join(Task, Prediction.task_id == Task.id)
+            .where(Prediction.model_version_id == version_id, Task.state == TaskState.pool, Task.ls_task_id.is_not(None))
+            .order_by(Task.id)
+        ).all()
+        payload = [
+            {
+                "task": task.ls_task_id,
+                "result": results_from_spans(task.text, prediction.spans, project.from_name, project.to_name),
+                "score": prediction.score,
+            }
+            for prediction, task in rows
+        ]
+        ls_project_id, name = project.ls_project_id, version.name
+    if not payload:
+        return 0
+    client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+    return client.push_predictions(ls_project_id, payload, model_version=name)

@@ -1,0 +1,131 @@
+"""The Celery tasks. Each is thin: it takes ids, claims its job (``workers.jobs``), calls the code
+that does the work, and records the outcome. Each may run twice (redelivery after a lost worker, a
+broker's second delivery) and then does no harm: a finished job is skipped, a job that another live
+attempt runs makes it wait, and stored results are upserts.
+
+- ``nerloop.train(project_id, job_id, config=None)`` (gpu): fine-tune on the labelled set, compare with
+  the active version on the same dev set, save, register, promote when not worse, then queue
+  ``score_pool`` for a promoted version. ``config``: ``TrainConfig`` fields (see ``workers.config``).
+- ``nerloop.score_pool(project_id, version_id, job_id)`` (gpu): a chord of ``nerloop.score_shard``
+  over chunks of the pool, then ``nerloop.push_predictions`` (cpu) into Label Studio.
+- ``nerloop.sync(project_id, job_id=None)`` (cpu): pull the annotations webhooks missed.
+"""
+
+from __future__ import annotations
+
+from celery import chord
+from celery.utils.log import get_task_logger
+
+from service import sync as annotation_sync
+from service.db import session_scope
+from service.label_studio import LabelStudioClient
+from service.models import Project
+from service.settings import get_settings
+
+from . import jobs, scoring
+from .celery_app import app, make_sqlite_folders
+from .config import get_worker_settings
+from .jobs import JobRun, Outcome
+from .retrain import run_training, train_config
+
+log = get_task_logger(__name__)
+make_sqlite_folders(app)  # this module is loaded by workers only, before they connect
+
+
+def _claim(task, job_id: int, **options) -> jobs.Start:
+    claim = jobs.start(job_id, **options)
+    if claim.outcome is Outcome.wait:
+        log.info("job %s waits for the project's running job", job_id)
+        raise task.retry(countdown=get_worker_settings().job_wait_seconds)
+    return claim
+
+
+@app.task(name="nerloop.train", bind=True, max_retries=None)
+def train(self, project_id: int, job_id: int, config: dict | None = None) -> dict:
+    claim = _claim(self, job_id, exclusive=True)
+    if claim.outcome is Outcome.done:
+        return {"job_id": job_id, "skipped": "finished already"}
+    with JobRun(job_id, claim) as run:
+        return run_training(project_id, job_id, run, train_config(config))
+    return {"job_id": job_id, "skipped": "taken over by another worker"}
+
+
+@app.task(name="nerloop.score_pool")
+def score_pool(project_id: int, version_id: int, job_id: int) -> dict:
+    claim = jobs.start(job_id, exclusive=False, takeover=False)
+    if claim.outcome is not Outcome.run:
+        return {"job_id": job_id, "skipped": "started already"}
+    try:
+        jobs.note(job_id, version_id=version_id)
+        if not scoring.is_active(version_id):
+            jobs.complete(job_id, stage="done", skipped=f"version {version_id} is no longer active")
+            return {"job_id": job_id, "skipped": "superseded"}
+        ids = scoring.pool_task_ids(project_id)
+        shards = scoring.shards(ids, get_worker_settings().score_shard_size)
+        jobs.note(job_id, stage="scoring", tasks=len(ids), shards=len(shards), scored=0)
+        if not shards:
+            jobs.complete(job_id, stage="done", pushed=0)
+            return {"job_id": job_id, "tasks": 0}
+        header = [score_shard.s(project_id, version_id, shard, job_id) for shard in shards]
+        chord(header)(push_predictions.s(project_id, version_id, job_id))
+    except Exception as error:
+        jobs.fail(job_id, error)
+        raise
+    return {"job_id": job_id, "tasks": len(ids), "shards": len(shards)}
+
+
+@app.task(name="nerloop.score_shard", ignore_result=False)  # the chord counts its members' results
+def score_shard(project_id: int, version_id: int, task_ids: list[int], job_id: int) -> int:
+    if not jobs.still_running(job_id):
+        return 0  # the job failed in another shard: save the work
+    try:
+        scored = scoring.score_tasks(version_id, task_ids)
+    except Exception as error:
+        jobs.fail(job_id, error)
+        raise
+    jobs.note(job_id, add={"scored": scored})
+    return scored
+
+
+@app.task(name="nerloop.push_predictions")
+def push_predictions(scored: list[int], project_id: int, version_id: int, job_id: int) -> dict:
+    """The chord's callback: push the stored predictions to Label Studio and finish the job."""
+    if not jobs.still_running(job_id):
+        return {"job_id": job_id, "skipped": "not running"}
+    try:
+        if not scoring.is_active(version_id):
+            jobs.complete(job_id, stage="done", pushed=0, skipped=f"version {version_id} is no longer active")
+            return {"job_id": job_id, "pushed": 0}
+        jobs.note(job_id, stage="pushing")
+        pushed = scoring.push(project_id, version_id)
+    except Exception as error:
+        jobs.fail(job_id, error)
+        raise
+    jobs.complete(job_id, stage="done", scored=sum(scored), pushed=pushed)
+    return {"job_id": job_id, "scored": sum(scored), "pushed": pushed}
+
+
+@app.task(name="nerloop.sync", bind=True, max_retries=None)
+def sync(self, project_id: int, job_id: int | None = None) -> dict:
+    if job_id is None:
+        return {"changed": _pull(project_id)}
+    claim = _claim(self, job_id, exclusive=True)
+    if claim.outcome is Outcome.done:
+        return {"job_id": job_id, "skipped": "finished already"}
+    with JobRun(job_id, claim) as run:
+        run.update(stage="pulling")
+        changed = _pull(project_id)
+        with run.owned() as (session, job):
+            run.finish(session, job, stage="done", changed=changed)
+        return {"job_id": job_id, "changed": changed}
+    return {"job_id": job_id, "skipped": "taken over by another worker"}
+
+
+def _pull(project_id: int) -> int:
+    settings = get_settings()
+    client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+    with session_scope() as session:
+        project = session.get(Project, project_id)
+        if project is None:
+            raise LookupError(f"project {project_id} does not exist")
+        return annotation_sync.pull(session, project, client)
