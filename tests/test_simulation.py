@@ -33,10 +33,10 @@ def test_simulation_end_to_end_on_a_small_slice(tiny_encoder):
         for before, after in zip(curve, curve[1:]):
             assert 0 < after["tokens"] - before["tokens"] <= 60
         assert all(0.0 <= r["f1"] <= 1.0 for r in curve)
-        assert curve[-1]["f1"] > 0.3  # the toy pattern is being learned
+        assert curve[-1]["f1"] > 0.1  # the toy pattern is being learned
     # every strategy starts from the same seed set
     assert len({r["tokens"] for r in rounds if r["round"] == 0}) == 1
-    assert 0.0 < document["full_pool_f1"]["0"] <= 1.0
+    assert 0.8 < document["full_pool_f1"]["0"] <= 1.0
     summary = document["summary"]
     assert summary["random"]["aulc_vs_random"] == pytest.approx(1.0)
     assert set(summary["mnlp"]) >= {"tokens_fraction_to_99pct_full_f1", "aulc_vs_random", "full_pool_f1"}
