@@ -575,7 +575,7 @@ def test_a_sync_job_runs_on_the_cpu_queue_and_records_why_it_failed(redis_deploy
 def test_embedded_sqlite_broker_cli_train_and_follow_up(tmp_path, tiny_encoder, label_studio_recorder, use_env):
     deployment = make_deployment(
         tmp_path, tiny_encoder, f"sqla+sqlite:///{tmp_path / 'home' / 'broker.db'}", f"db+sqlite:///{tmp_path / 'home' / 'results.db'}",
-        label_studio_recorder.url, NERLOOP_TRAIN_CONFIG=json.dumps({**TINY_TRAIN, "epochs": 150}),
+        label_studio_recorder.url, NERLOOP_TRAIN_CONFIG=json.dumps({**TINY_TRAIN, "epochs": 150, "patience": 150}),
     )
     use_env(deployment)
     project_id = new_project(deployment, labelled=40, pool=10)
