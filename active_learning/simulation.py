@@ -40,6 +40,8 @@ class SimulationConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        if not self.strategies:
+            raise ValueError("strategies: give at least one")
         if self.unit not in ("sentences", "tokens"):
             raise ValueError("unit must be 'sentences' or 'tokens'")
         for name in self.strategies:

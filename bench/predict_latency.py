@@ -68,7 +68,10 @@ def main() -> None:
                     if httpx.get(f"{base}/ml/health", timeout=1).status_code == 200:
                         break
                 except httpx.HTTPError:
-                    time.sleep(0.5)
+                    pass
+                time.sleep(0.5)
+            else:
+                sys.exit("nerloop serve did not come up within 60 s")
             texts = [e.text for e in corpus[200:]]
             results = {}
             for size in (1, 32):

@@ -264,6 +264,7 @@ def init(
 def sync(project: int = typer.Option(..., "--project", min=1, help="nerloop project id")):
     """Pull the annotations Label Studio has that nerloop has not seen (what a webhook missed)."""
     from service import sync as annotation_sync
+    from service.api.operations import retrain_if_due
     from service.db import init_db, session_scope
     from service.settings import get_settings
 
@@ -275,7 +276,11 @@ def sync(project: int = typer.Option(..., "--project", min=1, help="nerloop proj
         if target.ls_project_id is None:
             fail(f"--project {project}: not connected to a Label Studio project (see nerloop init)")
         changed = annotation_sync.pull(session, target, client)
+        session.commit()
+        training = retrain_if_due(session, target)
     console.print(f"project {project}: {changed} annotation changes pulled from Label Studio")
+    if training is not None:
+        console.print(f"{target.retrain_every} or more new labelled tasks: training job {training.id} queued")
 
 
 @app.command("import")
@@ -414,6 +419,9 @@ def follow_job(job_id: int, timeout: float = 0) -> int:
         while True:
             with Session(engine) as session:
                 job = session.get(Job, job_id)
+                if job is None:
+                    progress.stop()
+                    fail(f"job {job_id}: no such job")
                 status, state, error = job.status, dict(job.progress), job.error
             if status in (JobStatus.succeeded, JobStatus.failed):
                 break

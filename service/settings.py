@@ -32,7 +32,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":
-        home = self.home.resolve()
+        self.home = home = self.home.resolve()  # later chdirs must not move the store
         self.database_url = self.database_url or f"sqlite:///{home / 'nerloop.db'}"
         self.broker_url = self.broker_url or f"sqla+sqlite:///{home / 'broker.db'}"
         self.result_backend = self.result_backend or f"db+sqlite:///{home / 'results.db'}"
@@ -40,7 +40,7 @@ class Settings(BaseSettings):
 
     @property
     def model_store(self) -> Path:
-        return self.home.resolve() / "models"
+        return self.home / "models"
 
 
 @lru_cache

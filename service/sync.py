@@ -207,13 +207,15 @@ def _settle(session: Session, task: Task) -> None:
     session.flush()
 
 
-def delete_annotations(session: Session, ls_annotation_ids: Iterable[int]) -> int:
-    """Delete the annotations with these Label Studio ids (unknown ids are ignored); return how many."""
+def delete_annotations(session: Session, project: Project, ls_annotation_ids: Iterable[int]) -> int:
+    """Delete the project's annotations with these Label Studio ids (others are ignored); return how many."""
     ids = list({int(i) for i in ls_annotation_ids})
     doomed: list[Annotation] = []
     for start in range(0, len(ids), _IN_CHUNK):
         doomed += session.exec(
-            select(Annotation).where(Annotation.ls_annotation_id.in_(ids[start : start + _IN_CHUNK]))
+            select(Annotation)
+            .join(Task, Annotation.task_id == Task.id)
+            .where(Task.project_id == project.id, Annotation.ls_annotation_id.in_(ids[start : start + _IN_CHUNK]))
         ).all()
     for annotation in doomed:
         session.delete(annotation)
@@ -266,7 +268,7 @@ def handle_webhook(session: Session, project: Project, payload: Mapping) -> dict
             ids = [item["id"] for item in payload["annotations"]]
         except (KeyError, TypeError):
             raise SyncError("ANNOTATIONS_DELETED payload without an 'annotations' list of {'id': ...}") from None
-        return {"action": action, "deleted": delete_annotations(session, ids)}
+        return {"action": action, "deleted": delete_annotations(session, project, ids)}
     return {"action": action, "ignored": True}
 
 
@@ -305,7 +307,7 @@ def pull(session: Session, project: Project, client: LabelStudioClient) -> int:
             for a in local
             if a.ls_annotation_id is not None and a.ls_annotation_id not in present and a.updated_at <= task_updated
         ]
-        changed += delete_annotations(session, gone)
+        changed += delete_annotations(session, project, gone)
     project.last_pulled_at = newest
     session.add(project)
     session.flush()

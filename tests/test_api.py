@@ -592,3 +592,28 @@ def test_cli_reports_bad_input_clearly(cli_env, tmp_path, args, content, message
     result = CliRunner().invoke(app, filled)
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())  # the console wraps long lines
+
+
+def test_retraining_is_due_after_every_n_labelled_tasks(tmp_path):
+    """With retrain_every=3, a training is queued once 3 new non-dev tasks are labelled since the
+    newest model version was trained, and only once while it waits (coalesced)."""
+    from service.api.operations import retrain_if_due
+
+    settings = make_settings(tmp_path, dev_share=0.0)
+    with make_client(tmp_path, dev_share=0.0) as client:
+        project = add_project(client, retrain_every=3)
+        with Session(client.app.state.engine) as session:
+            project = session.get(Project, project.id)
+            sync.import_examples(session, project, toy_corpus(2, seed=1), dev_share=0.0)
+            session.commit()
+            assert retrain_if_due(session, project, settings) is None  # 2 < 3
+            sync.import_examples(session, project, toy_corpus(3, seed=2)[2:], dev_share=0.0)
+            session.commit()
+            first = retrain_if_due(session, project, settings)
+            assert first is not None and first.kind == "train"
+            assert retrain_if_due(session, project, settings).id == first.id  # still queued: the same job
+            session.add(ModelVersion(project_id=project.id, name="v1", train_size=3))
+            session.commit()
+            session.delete(first)
+            session.commit()
+            assert retrain_if_due(session, project, settings) is None  # v1 was trained on all 3

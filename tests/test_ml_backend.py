@@ -148,9 +148,11 @@ def test_webhook_answers_at_once_and_queues_training(client, monkeypatch):
     project = add_project(client, ls_project_id=12)
     ls_project = {"id": 12, "label_config": LABEL_CONFIG}
 
+    # Without basic auth on /ml anyone could post here: annotations come through the secret-checked
+    # /api/v1/webhooks/label-studio instead.
     created = client.post("/ml/webhook", json={"action": "ANNOTATION_CREATED", "project": ls_project, "annotation": {"id": 1}, "task": {"id": 2}})
-    assert created.status_code == 201 and created.json() == {"status": "accepted", "action": "ANNOTATION_CREATED"}
-    assert seen == ["ANNOTATION_CREATED"]
+    assert created.status_code == 200 and created.json()["status"].startswith("ignored")
+    assert seen == []
 
     for _ in range(2):  # a second click while one is queued adds nothing
         assert client.post("/ml/webhook", json={"action": "START_TRAINING", "project": ls_project}).status_code == 201
@@ -163,6 +165,16 @@ def test_webhook_answers_at_once_and_queues_training(client, monkeypatch):
     assert client.post("/ml/webhook", json={"action": "START_TRAINING", "project": {"id": 99}}).status_code == 404
     assert client.post("/ml/webhook", json={"action": "START_TRAINING"}).status_code == 422
     assert client.post("/ml/webhook", json={"project": ls_project}).status_code == 422
+    assert seen == []
+
+
+def test_ml_webhook_takes_annotation_events_behind_basic_auth(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(sync, "handle_webhook", lambda session, project, payload: seen.append(payload["action"]) or {})
+    with make_client(tmp_path, ml_basic_auth_user="ls", ml_basic_auth_password="pw") as client:
+        add_project(client, ls_project_id=12)
+        event = {"action": "ANNOTATION_CREATED", "project": {"id": 12}, "annotation": {"id": 1}, "task": {"id": 2}}
+        assert client.post("/ml/webhook", json=event, auth=("ls", "pw")).json() == {"status": "accepted", "action": "ANNOTATION_CREATED"}
     assert seen == ["ANNOTATION_CREATED"]
 
 
@@ -172,8 +184,8 @@ def test_webhook_failures_in_the_background_are_logged_not_raised(client, monkey
 
     monkeypatch.setattr(sync, "handle_webhook", broken)
     add_project(client, ls_project_id=12)
-    response = client.post("/ml/webhook", json={"action": "ANNOTATION_UPDATED", "project": {"id": 12}})
-    assert response.status_code == 201
+    response = client.post("/api/v1/webhooks/label-studio", json={"action": "ANNOTATION_UPDATED", "project": {"id": 12}})
+    assert response.status_code == 202
     assert "ANNOTATION_UPDATED for project" in caplog.text and "Label Studio went away" in caplog.text
 
 

@@ -127,7 +127,7 @@ def test_accepted_annotation_rule_and_idempotence(session):
         session, project, 7, {**newer, "was_cancelled": True, "updated_at": "2026-01-03T00:00:00Z"}
     )
     assert task.state == TaskState.pool  # skipped annotations never count
-    assert delete_annotations(session, [101, 102, 999]) == 2
+    assert delete_annotations(session, project, [101, 102, 999]) == 2
     assert task.state == TaskState.pool and session.exec(select(Annotation)).all() == []
 
 

@@ -155,8 +155,9 @@ def list_model_versions(session: Session, project: Project) -> Sequence[ModelVer
     return session.exec(select(ModelVersion).where(ModelVersion.project_id == project.id).order_by(ModelVersion.id)).all()
 
 
-def promote(session: Session, project: Project, version_id: int) -> ModelVersion:
-    """Make one version the active one; the version active before becomes retired."""
+def promote(session: Session, project: Project, version_id: int, settings: Settings | None = None) -> ModelVersion:
+    """Make one version the active one; the version active before becomes retired. The pool is then
+    scored with it, so Label Studio's pre-annotations and task order follow the active version."""
     version = session.get(ModelVersion, version_id)
     if version is None or version.project_id != project.id:
         raise not_found("path.version_id", f"model version {version_id} of project {project.id}")
@@ -178,10 +179,14 @@ def promote(session: Session, project: Project, version_id: int) -> ModelVersion
     session.add(version)
     session.commit()
     session.refresh(version)
+    try:
+        jobs.request(session, project.id, "score_pool", version.id, settings=settings, coalesce=False)
+    except jobs.EnqueueError as error:  # the promotion stands; scoring can be requested again
+        logger.error("project %s: scoring after promoting %s not queued: %s", project.id, version.name, error)
     return version
 
 
-def rollback(session: Session, project: Project) -> ModelVersion:
+def rollback(session: Session, project: Project, settings: Settings | None = None) -> ModelVersion:
     """Re-activate the version that was active before the current one.
 
     Versions do not record when they were active, so "before" is read from the ids: the newest
@@ -198,7 +203,7 @@ def rollback(session: Session, project: Project) -> ModelVersion:
     previous = (older or retired or [None])[0]
     if previous is None:
         raise conflict(f"project {project.id} has no earlier model version to roll back to")
-    return promote(session, project, previous.id)
+    return promote(session, project, previous.id, settings)
 
 
 # ---- prediction -----------------------------------------------------------------------------------
@@ -230,6 +235,18 @@ def request_training(session: Session, project_id: int, settings: Settings | Non
         return jobs.request(session, project_id, "train", settings=settings)
     except jobs.EnqueueError as error:
         raise ApiError.one(503, None, str(error)) from error
+
+
+def retrain_if_due(session: Session, project: Project, settings: Settings | None = None) -> Job | None:
+    """Queue a training once ``project.retrain_every`` tasks were labelled since the newest model
+    version was trained (coalesced: while one is queued, no second is added)."""
+    labelled = session.exec(
+        select(func.count()).select_from(Task).where(Task.project_id == project.id, Task.state == TaskState.labelled, Task.is_dev == False)  # noqa: E712
+    ).one()
+    newest = session.exec(select(ModelVersion).where(ModelVersion.project_id == project.id).order_by(ModelVersion.id.desc())).first()
+    if labelled - (newest.train_size if newest else 0) < project.retrain_every:
+        return None
+    return jobs.request(session, project.id, "train", settings=settings)
 
 
 def get_job(session: Session, job_id: int) -> Job:
@@ -294,17 +311,27 @@ def event_project(session: Session, ls_project_id: int | None) -> Project:
 
 def process_event(engine, project_id: int, payload: dict, settings: Settings | None = None) -> None:
     """Run after the response (Label Studio waits 1 s at most): training requests become queued
-    jobs, everything else goes to ``sync.handle_webhook``. Failures are logged, never raised."""
+    jobs, annotation events go to ``sync.handle_webhook`` and may make a retraining due. Failures
+    are logged, never raised; the incremental pull (``nerloop sync``) recovers what is lost here."""
     action = payload.get("action")
-    try:
-        with Session(engine) as session:
-            if action == TRAINING_EVENT:
-                request_training(session, project_id, settings)
+    for attempt in (1, 2):
+        try:
+            with Session(engine) as session:
+                if action == TRAINING_EVENT:
+                    request_training(session, project_id, settings)
+                    return
+                project = session.get(Project, project_id)
+                if project is None:
+                    return
+                sync.handle_webhook(session, project, payload)
+                session.commit()
+                retrain_if_due(session, project, settings)
                 return
-            project = session.get(Project, project_id)
-            if project is None:
-                return
-            sync.handle_webhook(session, project, payload)
-            session.commit()
-    except Exception:
-        logger.exception("Label Studio event %s for project %s failed", action, project_id)
+        except IntegrityError:
+            # Two events for one annotation raced (created and updated a moment apart): the other
+            # one has stored it by now, and recording is idempotent, so once more settles it.
+            if attempt == 2:
+                logger.exception("Label Studio event %s for project %s failed twice", action, project_id)
+        except Exception:
+            logger.exception("Label Studio event %s for project %s failed", action, project_id)
+            return

@@ -39,10 +39,13 @@ def predict(body: MLPredictRequest, session: SessionDep, predictor: PredictorDep
 def webhook(
     event: LabelStudioEvent, session: SessionDep, engine: EngineDep, settings: SettingsDep, background: BackgroundTasks, response: Response
 ):
-    """Annotation events go to the sync, START_TRAINING queues a training job; both after answering."""
-    if event.action not in (operations.TRAINING_EVENT, *operations.ANNOTATION_EVENTS):
+    """START_TRAINING queues a training job, after answering. Annotation events are taken here only
+    when /ml is behind basic auth: otherwise anyone reaching /ml could rewrite annotations, and they
+    arrive through the secret-checked /api/v1/webhooks/label-studio instead."""
+    accepted = (operations.TRAINING_EVENT, *(operations.ANNOTATION_EVENTS if settings.ml_basic_auth_user else ()))
+    if event.action not in accepted:
         response.status_code = 200
-        return WebhookAccepted(status="ignored: unknown event", action=event.action)
+        return WebhookAccepted(status="ignored: not an event this endpoint takes", action=event.action)
     project = operations.event_project(session, event.project.id if event.project else None)
     background.add_task(operations.process_event, engine, project.id, event.model_dump(), settings)
     return WebhookAccepted(status="accepted", action=event.action)

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from .. import operations
-from ..deps import ProjectDep, SessionDep
+from ..deps import ProjectDep, SessionDep, SettingsDep
 from ..errors import ERROR_RESPONSES
 from ..schemas import MAX_ID, ModelVersionRead
 
@@ -20,12 +20,13 @@ def list_model_versions(project: ProjectDep, session: SessionDep):
 
 
 @router.post("/{version_id}/promote", response_model=ModelVersionRead, responses=CONFLICT)
-def promote(version_id: VersionId, project: ProjectDep, session: SessionDep):
-    """Make this version the project's only active one; the previously active version is retired."""
-    return operations.promote(session, project, version_id)
+def promote(version_id: VersionId, project: ProjectDep, session: SessionDep, settings: SettingsDep):
+    """Make this version the project's only active one; the previously active version is retired,
+    and the pool is scored again with it."""
+    return operations.promote(session, project, version_id, settings)
 
 
 @router.post("/rollback", response_model=ModelVersionRead, responses=CONFLICT)
-def rollback(project: ProjectDep, session: SessionDep):
-    """Re-activate the version that was active before the current one."""
-    return operations.rollback(session, project)
+def rollback(project: ProjectDep, session: SessionDep, settings: SettingsDep):
+    """Re-activate the version that was active before the current one (and score the pool with it)."""
+    return operations.rollback(session, project, settings)
