@@ -138,9 +138,7 @@ class BALD(Strategy):
 STRATEGIES = {
     "random": RandomSampling,
     "least_confidence": LeastConfidence,
-    "lc": LeastConfidence,
     "mnlp": MNLP,
-    "entropy": TokenEntropy,
     "entropy_mean": lambda: TokenEntropy("mean"),
     "entropy_max": lambda: TokenEntropy("max"),
     "margin": Margin,

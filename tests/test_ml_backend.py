@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from service import sync
 from service.api.ml_backend import label_studio_project_id
 from service.models import Job, ModelStatus
 from service.predictor import NoActiveModel, Predictor, task_confidence
+from servers import free_port
 from test_api import add_project, add_version, make_client, make_settings, snapshot, trained_model  # noqa: F401 (fixture)
 
 LABEL_CONFIG = '<View><Labels name="ner" toName="doc"><Label value="PER"/><Label value="LOC"/></Labels><Text name="doc" value="$body"/></View>'
@@ -246,14 +246,8 @@ def test_task_confidence_is_the_geometric_mean_of_the_best_tag_probabilities():
 # ---- a real server --------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_nerloop_serve_answers_over_http(tmp_path):
-    port = _free_port()
+    port = free_port()
     settings = make_settings(tmp_path)
     env = {**os.environ, "NERLOOP_HOME": str(settings.home), "NERLOOP_DATABASE_URL": settings.database_url, "NERLOOP_API_TOKEN": "s3cret"}
     script = Path(sys.executable).parent / "nerloop"

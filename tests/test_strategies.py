@@ -158,9 +158,7 @@ def test_random_sampling_is_seeded():
     "name, cls, strategy_name",
     [
         ("least_confidence", LeastConfidence, "least_confidence"),
-        ("lc", LeastConfidence, "least_confidence"),
         ("mnlp", MNLP, "mnlp"),
-        ("entropy", TokenEntropy, "entropy_mean"),
         ("entropy_mean", TokenEntropy, "entropy_mean"),
         ("entropy_max", TokenEntropy, "entropy_max"),
         ("margin", Margin, "margin"),
