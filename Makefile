@@ -29,6 +29,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/al_conll2003.py
+	$(BIN)/python bench/ls_sync.py
+	$(BIN)/python bench/predict_latency.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
