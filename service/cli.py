@@ -127,23 +127,20 @@ def simulate(
         steps = progress.add_task("training", total=1)
 
         def on_stage(message: str) -> None:
-            if "training" in message:
-                if progress.tasks[steps].total > 1:
-                    progress.advance(overall)
-                progress.reset(steps, total=1)
+            progress.reset(steps, total=1)
             progress.update(overall, description=message)
 
         def on_step(step: int, total: int, loss: float) -> None:
             progress.update(steps, total=total, completed=step, description=f"training · loss {loss:.3f}")
 
-        def on_result(result) -> None:
+        def on_result(result) -> None:  # one per training
+            progress.advance(overall)
             progress.console.print(
                 f"  {result.strategy:>16} seed {result.seed} round {result.round}: {result.sentences} sentences, "
                 f"{100 * result.tokens_fraction:.1f}% of pool tokens → F1 {result.f1:.3f}"
             )
 
         document = run_simulation(pool, test_set, labels, config, on_stage=on_stage, on_step=on_step, on_result=on_result)
-        progress.update(overall, completed=trainings)
     curve, png = write_results(document, out)
     print_summary(document)
     console.print(f"\ncurve: [bold]{curve}[/bold]\nplot:  [bold]{png}[/bold]")
