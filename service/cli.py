@@ -147,19 +147,25 @@ def simulate(
 
 
 def print_summary(document: dict) -> None:
-    table = Table(title="Learning curve: entity F1 on test by round")
+    table = Table(title="Learning curve: entity F1 on test (share of pool tokens labelled) by round")
     strategies = list(dict.fromkeys(r["strategy"] for r in document["rounds"]))
     table.add_column("round")
-    table.add_column("labelled tokens (%)")
     for name in strategies:
         table.add_column(name)
     by_round: dict[int, dict[str, list]] = {}
     for r in document["rounds"]:
         by_round.setdefault(r["round"], {}).setdefault(r["strategy"], []).append(r)
     for number, row in sorted(by_round.items()):
-        share = sum(r["tokens_fraction"] for rs in row.values() for r in rs) / sum(len(rs) for rs in row.values())
-        cells = [f"{sum(r['f1'] for r in row[n]) / len(row[n]):.3f}" if n in row else "" for n in strategies]
-        table.add_row(str(number), f"{100 * share:.1f}", *cells)
+        cells = []
+        for name in strategies:
+            runs = row.get(name, [])
+            if runs:  # mean over seeds
+                f1 = sum(r["f1"] for r in runs) / len(runs)
+                share = sum(r["tokens_fraction"] for r in runs) / len(runs)
+                cells.append(f"{f1:.3f} ({100 * share:.1f}%)")
+            else:
+                cells.append("")
+        table.add_row(str(number), *cells)
     console.print(table)
     summary = Table(title="Summary")
     for column in ("strategy", "final F1", "full-pool F1", "tokens to 99% of full F1", "AULC vs random"):
