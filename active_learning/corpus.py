@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import IO, Iterable, Iterator, Mapping
 
 from .spans import Example, Span, SpanError, bio_to_spans, iob1_to_iob2, spans_to_bio, validate
 
@@ -25,11 +26,23 @@ class CorpusError(ValueError):
     """A file that cannot be read as the format it claims; the message names the file and line."""
 
 
-def _sentences(path: Path) -> Iterator[tuple[int, list[tuple[str, str]]]]:
+Source = str | Path | IO[str]  # a file's path, or an open text stream (an upload, say)
+
+
+@contextmanager
+def _opened(source: Source, mode: str = "r") -> Iterator[IO[str]]:
+    if hasattr(source, "read") or hasattr(source, "write"):
+        yield source
+    else:
+        with open(source, mode, encoding="utf-8") as handle:
+            yield handle
+
+
+def _sentences(source: Source, name: str) -> Iterator[tuple[int, list[tuple[str, str]]]]:
     """Yield (first line number, [(token, tag)]) per sentence of a column file."""
     rows: list[tuple[str, str]] = []
     first = 0
-    with open(path, encoding="utf-8") as handle:
+    with _opened(source) as handle:
         for number, line in enumerate(handle, 1):
             columns = line.split()  # tabs or spaces; whitespace-only lines are sentence breaks
             if not columns or columns[0] == "-DOCSTART-":
@@ -38,9 +51,9 @@ def _sentences(path: Path) -> Iterator[tuple[int, list[tuple[str, str]]]]:
                 rows = []
                 continue
             if len(columns) < 2:
-                raise CorpusError(f"{path}:{number}: expected 'TOKEN ... TAG', got {line.strip()!r}")
+                raise CorpusError(f"{name}:{number}: expected 'TOKEN ... TAG', got {line.strip()!r}")
             if not _TAG.match(columns[-1]):
-                raise CorpusError(f"{path}:{number}: {columns[-1]!r} is not a BIO tag (O, B-X or I-X)")
+                raise CorpusError(f"{name}:{number}: {columns[-1]!r} is not a BIO tag (O, B-X or I-X)")
             if not rows:
                 first = number
             rows.append((columns[0], columns[-1]))
@@ -53,15 +66,16 @@ def _is_wide(char: str) -> bool:
     return unicodedata.east_asian_width(char) in ("W", "F")
 
 
-def read_conll(path: str | Path, label_map: Mapping[str, str | None] | None = None) -> list[Example]:
-    """Read a CoNLL-style column file: first column the token, last column the tag.
+def read_conll(source: Source, label_map: Mapping[str, str | None] | None = None, name: str | None = None) -> list[Example]:
+    """Read a CoNLL-style column file (a path or a text stream; ``name`` for messages and meta):
+    first column the token, last column the tag.
 
     IOB1 and IOB2 are both read (IOB1 is converted). Tokens are joined with one space, except that
     files with one character per token (Chinese corpora) are joined without spaces. ``label_map``
     renames entity types; mapping a type to ``None`` drops it (e.g. Weibo's ``*.NOM``).
     """
-    path = Path(path)
-    sentences = list(_sentences(path))
+    name = name or str(source)
+    sentences = list(_sentences(source, name))
     tokens_seen = [token for _, rows in sentences for token, _ in rows]
     with_positions = bool(tokens_seen) and all(_CHAR_WITH_POSITION.match(t) for t in tokens_seen)
     char_level = with_positions or (bool(tokens_seen) and all(len(t) == 1 for t in tokens_seen))
@@ -77,7 +91,7 @@ def read_conll(path: str | Path, label_map: Mapping[str, str | None] | None = No
         if label_map:
             spans = [Span(s.start, s.end, label_map.get(s.label, s.label)) for s in spans]
             spans = [s for s in spans if s.label is not None]
-        meta = {"source": str(path), "line": line, **({"char_level": True} if char_level else {})}
+        meta = {"source": name, "line": line, **({"char_level": True} if char_level else {})}
         examples.append(Example(separator.join(tokens), spans, meta))
     return examples
 
@@ -122,8 +136,8 @@ def to_conll_rows(example: Example) -> list[tuple[str, str]]:
     return [(example.text[s:e], tag) for (s, e), tag in zip(offsets, tags)]
 
 
-def write_conll(examples: Iterable[Example], path: str | Path) -> None:
-    with open(path, "w", encoding="utf-8") as out:
+def write_conll(examples: Iterable[Example], target: Source) -> None:
+    with _opened(target, "w") as out:
         for example in examples:
             for token, tag in to_conll_rows(example):
                 out.write(f"{token} {tag}\n")
@@ -142,15 +156,16 @@ def _spans_from_json(raw, where: str) -> list:
     return spans
 
 
-def read_jsonl(path: str | Path, labels: Iterable[str] | None = None) -> list[Example]:
+def read_jsonl(source: Source, labels: Iterable[str] | None = None, name: str | None = None) -> list[Example]:
     """One JSON object per line: ``{"text": ..., "spans": [[start, end, label], ...], ...}``.
 
-    Spans may also be objects with start/end/label. Other keys are kept in ``meta``.
+    Spans may also be objects with start/end/label. Other keys are kept in ``meta``. ``source`` is a
+    path or a text stream; ``name`` names it in error messages.
     """
-    path = Path(path)
+    path = name or str(source)
     labels = list(labels) if labels is not None else None
     examples = []
-    with open(path, encoding="utf-8") as handle:
+    with _opened(source) as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
@@ -170,8 +185,8 @@ def read_jsonl(path: str | Path, labels: Iterable[str] | None = None) -> list[Ex
     return examples
 
 
-def write_jsonl(examples: Iterable[Example], path: str | Path) -> None:
-    with open(path, "w", encoding="utf-8") as out:
+def write_jsonl(examples: Iterable[Example], target: Source) -> None:
+    with _opened(target, "w") as out:
         for example in examples:
             record = {"text": example.text, "spans": [list(s) for s in example.spans], **example.meta}
             out.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -67,19 +66,10 @@ def read_task_file(path: Path, labels: Sequence[str], format: TaskFormat | None 
 
 
 def _read_with_corpus(filename: str, text: str, kind: TaskFormat, labels: Sequence[str]) -> list[Example]:
-    """The corpus readers take a path: hand them a temporary copy and name the upload in errors."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / f"upload.{kind.value}"
-        path.write_text(text, encoding="utf-8")
-        try:
-            examples = read_jsonl(path, labels=labels) if kind is TaskFormat.jsonl else read_conll(path)
-        except CorpusError as error:
-            raise CorpusError(str(error).replace(str(path), filename)) from None
-    for example in examples:
-        example.meta.pop("source", None)  # the temporary path means nothing to anyone
-        if "line" in example.meta:
-            example.meta["source"] = filename
-    return examples
+    upload = io.StringIO(text)
+    if kind is TaskFormat.jsonl:
+        return read_jsonl(upload, labels=labels, name=filename)
+    return read_conll(upload, name=filename)
 
 
 def _read_csv(filename: str, text: str) -> list[Example]:
@@ -124,7 +114,6 @@ def _check(filename: str, examples: Iterable[Example], labels: Sequence[str]) ->
 
 def render_examples(examples: Sequence[Example], format: str) -> str:
     """JSONL or CoNLL text for ``examples``, through the corpus writers."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "export"
-        (write_jsonl if format == "jsonl" else write_conll)(examples, path)
-        return path.read_text(encoding="utf-8")
+    out = io.StringIO()
+    (write_jsonl if format == "jsonl" else write_conll)(examples, out)
+    return out.getvalue()
