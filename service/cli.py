@@ -377,6 +377,17 @@ def worker(
 
 
 @app.command()
+def beat(loglevel: str = typer.Option("info", help="Celery log level")):
+    """Run the scheduler: every NERLOOP_SWEEP_SECONDS (300) it pulls what webhooks missed and queues
+    trainings where enough new labels arrived. Run one per deployment, beside the workers."""
+    from service.db import init_db
+    from workers.celery_app import app as celery
+
+    init_db()
+    celery.start(["beat", "--loglevel", loglevel])
+
+
+@app.command()
 def train(
     project: int = typer.Option(..., "--project", min=1, help="nerloop project id"),
     wait: bool = typer.Option(False, "--wait", help="Follow the job until it ends; exit 1 if it fails"),

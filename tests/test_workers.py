@@ -618,3 +618,33 @@ def test_embedded_sqlite_broker_cli_train_and_follow_up(tmp_path, tiny_encoder, 
         assert listing.exit_code == 0 and "succeeded" in listing.output and "score_pool" in listing.output
     finally:
         worker.stop()
+
+
+def test_the_beat_sweeps_and_queues_one_training_where_labels_arrived(tmp_path, tiny_encoder, label_studio_recorder, use_env):
+    """`nerloop beat` sends nerloop.sweep every second; a worker runs it: the project has 20+ new
+    labelled tasks, so one training is queued and runs; later sweeps queue nothing more."""
+    deployment = make_deployment(
+        tmp_path, tiny_encoder, f"sqla+sqlite:///{tmp_path / 'home' / 'broker.db'}", f"db+sqlite:///{tmp_path / 'home' / 'results.db'}",
+        label_studio_recorder.url, NERLOOP_SWEEP_SECONDS="1",
+    )
+    use_env(deployment)
+    project_id = new_project(deployment, labelled=40, pool=5)
+    worker = Worker(deployment, "solo", tmp_path / "worker.log")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NERLOOP_")}
+    env.update(deployment.env, PYTHONPATH=str(REPO))
+    with (tmp_path / "beat.log").open("w") as beat_log:
+        beat = subprocess.Popen([str(Path(sys.executable).parent / "nerloop"), "beat"], cwd=tmp_path, env=env, stdout=beat_log, stderr=subprocess.STDOUT)
+        try:
+            def trainings():
+                with deployment.session() as session:
+                    return session.exec(select(Job).where(Job.project_id == project_id, Job.kind == "train")).all()
+
+            [job] = wait_for(trainings, 90, "the beat's sweep to queue a training")
+            assert wait_job(deployment, job.id, worker).status == JobStatus.succeeded
+            time.sleep(4)  # a few more sweeps: the new version was trained on every labelled task
+            assert [j.id for j in trainings()] == [job.id]
+            assert "nerloop.sweep" in (tmp_path / "beat.log").read_text()
+        finally:
+            beat.terminate()
+            beat.wait(20)
+            worker.stop()

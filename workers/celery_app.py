@@ -39,6 +39,7 @@ TASK_QUEUES = {
     "nerloop.score_shard": GPU,
     "nerloop.sync": CPU,
     "nerloop.push_predictions": CPU,
+    "nerloop.sweep": CPU,
 }
 
 
@@ -61,6 +62,9 @@ def celery_config(settings: Settings, worker: WorkerSettings) -> dict:
         "task_ignore_result": True,  # outcomes live in the Job rows; only chord members store results
         "result_expires": timedelta(days=1),
         "include": ["workers.tasks"],
+        # `nerloop beat` (celery beat) sends the sweep; it needs no state beyond the DB.
+        "beat_schedule": {"sweep": {"task": "nerloop.sweep", "schedule": worker.sweep_seconds}},
+        "beat_schedule_filename": str(settings.home / "celerybeat-schedule"),
     }
 
 

@@ -23,6 +23,7 @@ class WorkerSettings(BaseSettings):
     job_heartbeat_seconds: float = 5.0
     job_stale_seconds: float = 120.0
     job_max_attempts: int = 3  # a job whose worker is lost this many times is marked failed
+    sweep_seconds: float = 300.0  # the beat's period: pull what webhooks missed, retrain where due
     job_wait_seconds: float = 30.0  # retry delay of a training that waits for the project's running one
     # Passed to kombu, e.g. {"visibility_timeout": 43200} for Redis (a task unacknowledged that long is
     # delivered again) or {"global_keyprefix": "staging:"} to share one Redis between deployments.

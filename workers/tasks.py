@@ -9,6 +9,8 @@ attempt runs makes it wait, and stored results are upserts.
 - ``nerloop.score_pool(project_id, version_id, job_id)`` (gpu): a chord of ``nerloop.score_shard``
   over chunks of the pool, then ``nerloop.push_predictions`` (cpu) into Label Studio.
 - ``nerloop.sync(project_id, job_id=None)`` (cpu): pull the annotations webhooks missed.
+- ``nerloop.sweep()`` (cpu, sent by the beat every ``NERLOOP_SWEEP_SECONDS``): for every project,
+  pull from Label Studio when attached, then queue a training where enough new labels arrived.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from __future__ import annotations
 from celery import chord
 from celery.utils.log import get_task_logger
 
+from sqlmodel import select
+
 from service import sync as annotation_sync
+from service.api.operations import retrain_if_due
 from service.db import session_scope
 from service.label_studio import LabelStudioClient
 from service.models import Project
@@ -129,3 +134,30 @@ def _pull(project_id: int) -> int:
         if project is None:
             raise LookupError(f"project {project_id} does not exist")
         return annotation_sync.pull(session, project, client)
+
+
+@app.task(name="nerloop.sweep")
+def sweep() -> dict:
+    """The beat's round: what webhooks missed comes in, and a project with ``retrain_every`` new
+    labelled tasks gets a training (coalesced with one already queued). One project's failure (say,
+    Label Studio unreachable) is logged and does not stop the others."""
+    settings = get_settings()
+    with session_scope() as session:
+        project_ids = session.exec(select(Project.id).order_by(Project.id)).all()
+    trainings = []
+    for project_id in project_ids:
+        try:
+            if settings.label_studio_api_key and _attached(project_id):
+                _pull(project_id)
+            with session_scope() as session:
+                job = retrain_if_due(session, session.get(Project, project_id), settings)
+                if job is not None:
+                    trainings.append(job.id)
+        except Exception:
+            log.exception("sweep: project %s", project_id)
+    return {"projects": len(project_ids), "trainings": trainings}
+
+
+def _attached(project_id: int) -> bool:
+    with session_scope() as session:
+        return session.get(Project, project_id).ls_project_id is not None
