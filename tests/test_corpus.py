@@ -170,24 +170,21 @@ def test_real_iob1_file_is_converted():
 
 @pytest.mark.parametrize("name", _params(["conll2003/eng.testa", "weibo_ner/weiboNER_2nd_conll.dev", "peoples_daily_dev_test_only/example.dev"]))
 def test_real_examples_survive_write_conll_then_read_conll(name, tmp_path):
-    examples = examples_of(name)[:300]
-    write_conll(examples, tmp_path / "out.conll")
-    back = read_conll(tmp_path / "out.conll")
-    assert [e.text for e in back] == [e.text for e in examples]
-    assert [e.spans for e in back] == [e.spans for e in examples]
+    assert_conll_round_trip(examples_of(name)[:300], tmp_path)
 
 
 def test_all_wide_chinese_examples_survive_write_conll_then_read_conll(tmp_path):
     """The Chinese round trip holds while every character is wide (each one its own token)."""
     examples = [e for e in examples_of("peoples_daily_dev_test_only/example.dev") if len(word_offsets(e.text)) == len(e.text)][:300]
     assert len(examples) == 300
-    write_conll(examples, tmp_path / "out.conll")
-    back = read_conll(tmp_path / "out.conll")
-    assert [(e.text, e.spans) for e in back] == [(e.text, e.spans) for e in examples]
+    assert_conll_round_trip(examples, tmp_path)
 
 
 def test_chinese_text_with_latin_letters_survives_write_conll_then_read_conll(tmp_path):
-    examples = [Example("姚明加盟NBA火箭队", [(0, 2, "PER"), (4, 7, "ORG")])]
+    assert_conll_round_trip([Example("姚明加盟NBA火箭队", [(0, 2, "PER"), (4, 7, "ORG")])], tmp_path)
+
+
+def assert_conll_round_trip(examples, tmp_path):
     write_conll(examples, tmp_path / "out.conll")
     back = read_conll(tmp_path / "out.conll")
     assert [(e.text, e.spans) for e in back] == [(e.text, e.spans) for e in examples]
