@@ -230,7 +230,7 @@ def init(
     from rich.markup import escape
 
     from service.api.errors import ApiError
-    from service.api.operations import attach_project, create_project
+    from service.api.operations import attach_project
     from service.api.schemas import ProjectAttach, ProjectCreate
     from service.db import init_db, session_scope
     from service.label_studio import LabelStudioError
@@ -243,19 +243,22 @@ def init(
     settings = get_settings()
     client = _label_studio_or_fail(settings)
     init_db(settings.database_url)
+    # Label Studio first, our row last: a failure on the way (say, the webhook refused) leaves no
+    # half-made nerloop project, and the message says how to go on.
+    ls_project_id = attach
     try:
+        if attach is None:
+            body = ProjectCreate(name=name, labels=[label.strip() for label in labels.split(",") if label.strip()])
+            ls_project_id = client.create_project(body.name, list(body.labels))
+        if webhook:
+            url = settings.public_url.rstrip("/") + "/api/v1/webhooks/label-studio"
+            client.register_webhook(ls_project_id, url, settings.webhook_secret)
         with session_scope(settings.database_url) as session:
-            if attach is not None:
-                project = attach_project(session, ProjectAttach(ls_project_id=attach), client)
-            else:
-                body = ProjectCreate(name=name, labels=[label.strip() for label in labels.split(",") if label.strip()])
-                project = create_project(session, body, client)
-            if webhook:
-                url = settings.public_url.rstrip("/") + "/api/v1/webhooks/label-studio"
-                client.register_webhook(project.ls_project_id, url, settings.webhook_secret)
-            project_id, ls_project_id, project_labels = project.id, project.ls_project_id, project.labels
+            project = attach_project(session, ProjectAttach(ls_project_id=ls_project_id, name=name), client)
+            project_id, project_labels = project.id, project.labels
     except (ApiError, LabelStudioError, ValueError) as error:
-        fail(escape(str(error)))
+        created = f"\nLabel Studio project {ls_project_id} was created: go on with --attach {ls_project_id}" if attach is None and ls_project_id else ""
+        fail(escape(str(error)) + created)
     console.print(
         f"project [bold]{project_id}[/bold] ↔ Label Studio project {ls_project_id} · labels {', '.join(project_labels)}\n"
         f"next: nerloop import FILE --project {project_id}; in Label Studio, Settings → Model → Connect Model "
@@ -267,7 +270,7 @@ def init(
 def sync(project: int = typer.Option(..., "--project", min=1, help="nerloop project id")):
     """Pull the annotations Label Studio has that nerloop has not seen (what a webhook missed)."""
     from service import sync as annotation_sync
-    from service.api.operations import retrain_if_due
+    from service.jobs import retrain_if_due
     from service.db import init_db, session_scope
     from service.settings import get_settings
 

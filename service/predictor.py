@@ -1,8 +1,10 @@
 """Serving predictions with a project's active model version.
 
-The active ``ModelVersion`` row names a saved tagger directory. Taggers are cached by that path, so
-a request costs one small query plus inference; a new tagger is loaded only when a different
-version becomes active (promotion, rollback), and the least recently used one is dropped.
+The active ``ModelVersion`` row names a saved tagger directory, and a saved directory never changes.
+Taggers are cached per process by that path (``load_tagger``, shared by the API and the workers'
+scoring), so a request costs one small query plus inference; a new tagger is loaded only when a
+different version becomes active (promotion, rollback), and the least recently used one is dropped.
+Training never uses the cache: it changes its model in place.
 
 Task confidence, the ``score`` Label Studio stores with a prediction, is the geometric mean over the
 text's words of the probability of each word's most likely tag: ``exp(mean_i log max_y p(y_i))``.
@@ -19,13 +21,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from active_learning.strategies import MNLP
 from active_learning.tagger import Prediction, Tagger
 
 from .db import get_engine
-from .models import ModelStatus, ModelVersion
+from .versions import active_version
 
 
 class NoActiveModel(LookupError):
@@ -55,38 +57,16 @@ class ActiveModel:
             return self.tagger.predict(list(texts))
 
 
-def active_version(session: Session, project_id: int) -> ModelVersion | None:
-    statement = select(ModelVersion).where(ModelVersion.project_id == project_id, ModelVersion.status == ModelStatus.active)
-    return session.exec(statement).first()
+class TaggerCache:
+    """Loaded taggers by model directory, least recently used dropped first; each with a lock, since
+    one inference at a time per model is as fast as it gets (it uses every core anyway)."""
 
-
-class Predictor:
-    """Per-process cache of taggers, keyed by model directory."""
-
-    def __init__(self, database_url: str | None = None, max_cached: int = 2):
-        self.database_url = database_url
+    def __init__(self, max_cached: int = 2):
         self.max_cached = max_cached
         self._taggers: OrderedDict[str, tuple[Tagger, threading.Lock]] = OrderedDict()
         self._loading = threading.Lock()
 
-    def active(self, project_id: int) -> ActiveModel | None:
-        """The project's active model, loaded (or from the cache); None when it has none."""
-        with Session(get_engine(self.database_url)) as session:
-            version = active_version(session, project_id)
-            if version is None:
-                return None
-            version_id, name, path = version.id, version.name, version.path
-        tagger, lock = self._tagger(path)
-        return ActiveModel(version_id, name, tagger, lock)
-
-    def predict(self, project_id: int, texts: Sequence[str]) -> list[Prediction]:
-        """Predictions of the project's active model; raises ``NoActiveModel`` when there is none."""
-        model = self.active(project_id)
-        if model is None:
-            raise NoActiveModel(f"project {project_id} has no active model version")
-        return model.predict(texts)
-
-    def _tagger(self, path: str) -> tuple[Tagger, threading.Lock]:
+    def get(self, path: str) -> tuple[Tagger, threading.Lock]:
         with self._loading:
             if path in self._taggers:
                 self._taggers.move_to_end(path)
@@ -99,3 +79,38 @@ class Predictor:
             while len(self._taggers) > self.max_cached:
                 self._taggers.popitem(last=False)
             return entry
+
+
+_cache = TaggerCache()
+
+
+def predict_with(path: str, texts: Sequence[str]) -> list[Prediction]:
+    """Predictions of the saved model at ``path``, loaded through this process's cache."""
+    tagger, lock = _cache.get(path)
+    with lock:
+        return tagger.predict(list(texts))
+
+
+class Predictor:
+    """A project's active model, looked up per request and loaded through a ``TaggerCache``."""
+
+    def __init__(self, database_url: str | None = None, cache: TaggerCache | None = None):
+        self.database_url = database_url
+        self.cache = cache or _cache
+
+    def active(self, project_id: int) -> ActiveModel | None:
+        """The project's active model, loaded (or from the cache); None when it has none."""
+        with Session(get_engine(self.database_url)) as session:
+            version = active_version(session, project_id)
+            if version is None:
+                return None
+            version_id, name, path = version.id, version.name, version.path
+        tagger, lock = self.cache.get(path)
+        return ActiveModel(version_id, name, tagger, lock)
+
+    def predict(self, project_id: int, texts: Sequence[str]) -> list[Prediction]:
+        """Predictions of the project's active model; raises ``NoActiveModel`` when there is none."""
+        model = self.active(project_id)
+        if model is None:
+            raise NoActiveModel(f"project {project_id} has no active model version")
+        return model.predict(texts)

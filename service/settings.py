@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +30,23 @@ class Settings(BaseSettings):
     broker_url: str = ""  # default: sqla+sqlite:///<home>/broker.db (no server needed)
     result_backend: str = ""  # default: db+sqlite:///<home>/results.db
     dev_share: float = 0.2  # hash-chosen share of labelled tasks kept as the dev set
+
+    # ---- workers ----
+    # TrainConfig fields for every training, as JSON: NERLOOP_TRAIN_CONFIG='{"epochs": 5}'. A
+    # ``config`` keyword given to the ``nerloop.train`` task overrides it again, field by field.
+    train_config: dict[str, Any] = {}
+    score_shard_size: int = 256  # pool tasks per scoring shard
+    # A running job writes its progress, and so proves it is alive, every heartbeat; one silent for
+    # job_stale_seconds (or whose process is gone, on the same host) is taken over.
+    job_heartbeat_seconds: float = 5.0
+    job_stale_seconds: float = 120.0
+    job_max_attempts: int = 3  # a job whose worker is lost this many times is marked failed
+    sweep_seconds: float = 300.0  # the beat's period: pull what webhooks missed, retrain where due
+    job_wait_seconds: float = 30.0  # retry delay of a training that waits for the project's running one
+    # Passed to kombu, e.g. {"visibility_timeout": 43200} for Redis (a task unacknowledged that long is
+    # delivered again) or {"global_keyprefix": "staging:"} to share one Redis between deployments.
+    broker_transport_options: dict[str, Any] = {}
+    result_backend_transport_options: dict[str, Any] = {}  # e.g. {"global_keyprefix": "staging:"} on Redis
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":

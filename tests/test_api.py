@@ -21,9 +21,10 @@ from active_learning.training import TrainConfig, train
 from service import sync
 from service.api import create_app
 from service.api.deps import get_label_studio
-from service.label_studio import LabelConfig, LabelStudioError
+from service.label_studio import LabelStudioClient
 from service.models import Annotation, Job, ModelStatus, ModelVersion, Project, Task, TaskState
 from service.settings import Settings
+from servers import free_port
 from tiny import LABELS, toy_corpus
 
 API = "/api/v1"
@@ -100,23 +101,6 @@ def client(tmp_path) -> TestClient:
         yield test_client
 
 
-class FakeLabelStudio:
-    def __init__(self, fail: bool = False):
-        self.fail = fail
-        self.created = []
-
-    def create_project(self, title, labels):
-        if self.fail:
-            raise LabelStudioError("connection refused")
-        self.created.append((title, list(labels)))
-        return 42
-
-    def read_project(self, ls_id):
-        if self.fail:
-            raise LabelStudioError(f"project {ls_id}: 404 not found")
-        return LabelConfig(["PER", "LOC", "ORG"], "ner", "doc", "body")
-
-
 # ---- health, auth, docs ---------------------------------------------------------------------------
 
 
@@ -189,22 +173,30 @@ def test_create_get_and_list_projects(client):
     assert client.get(f"{API}/projects/999").status_code == 404
 
 
-def test_create_project_in_label_studio_when_a_client_is_configured(client):
-    fake = FakeLabelStudio()
-    client.app.dependency_overrides[get_label_studio] = lambda: fake
+def with_label_studio(client: TestClient, url: str, token: str) -> None:
+    """Serve ``client``'s requests with a real Label Studio client (retrying briefly: failures are expected)."""
+    client.app.dependency_overrides[get_label_studio] = lambda: LabelStudioClient(url, token, retries=1, backoff=0.1)
+
+
+def test_create_project_in_label_studio_when_a_client_is_configured(client, label_studio):
+    with_label_studio(client, label_studio.url, label_studio.token)
     created = client.post(f"{API}/projects", json={"name": "news", "labels": ["PER", "LOC"]}).json()
-    assert created["ls_project_id"] == 42 and fake.created == [("news", ["PER", "LOC"])]
+    assert created["ls_project_id"] is not None
+    assert LabelStudioClient(label_studio.url, label_studio.token).read_project(created["ls_project_id"]).labels == ["PER", "LOC"]
     local = client.post(f"{API}/projects", json={"name": "local", "labels": ["PER"], "create_in_label_studio": False}).json()
-    assert local["ls_project_id"] is None and len(fake.created) == 1
+    assert local["ls_project_id"] is None
 
 
-def test_attach_reads_labels_and_tag_names_from_label_studio(client):
-    client.app.dependency_overrides[get_label_studio] = lambda: FakeLabelStudio()
-    attached = client.post(f"{API}/projects/attach", json={"ls_project_id": 7})
+def test_attach_reads_labels_and_tag_names_from_label_studio(client, label_studio):
+    config = """<View><Labels name="ner" toName="doc"><Label value="PER"/><Label value="LOC"/><Label value="ORG"/></Labels>
+    <Text name="doc" value="$body"/></View>"""
+    ls_id = LabelStudioClient(label_studio.url, label_studio.token).sdk.projects.create(title="attach me", label_config=config).id
+    with_label_studio(client, label_studio.url, label_studio.token)
+    attached = client.post(f"{API}/projects/attach", json={"ls_project_id": ls_id})
     assert attached.status_code == 201
     body = attached.json()
-    assert (body["ls_project_id"], body["labels"], body["from_name"], body["to_name"], body["text_key"]) == (7, ["PER", "LOC", "ORG"], "ner", "doc", "body")
-    again = client.post(f"{API}/projects/attach", json={"ls_project_id": 7, "name": "twice"})
+    assert (body["ls_project_id"], body["labels"], body["from_name"], body["to_name"], body["text_key"]) == (ls_id, ["PER", "LOC", "ORG"], "ner", "doc", "body")
+    again = client.post(f"{API}/projects/attach", json={"ls_project_id": ls_id, "name": "twice"})
     assert again.status_code == 409 and fields(again) == ["body.ls_project_id"]
 
 
@@ -214,13 +206,13 @@ def test_attach_without_label_studio_configured_is_a_conflict(client):
     assert "NERLOOP_LABEL_STUDIO_API_KEY" in response.json()["detail"][0]["message"]
 
 
-def test_label_studio_failures_are_bad_gateway_and_store_nothing(client):
-    client.app.dependency_overrides[get_label_studio] = lambda: FakeLabelStudio(fail=True)
+def test_label_studio_failures_are_bad_gateway_and_store_nothing(client, label_studio):
     before = snapshot(client)
-    for response in (
-        client.post(f"{API}/projects", json={"name": "news", "labels": ["PER"]}),
-        client.post(f"{API}/projects/attach", json={"ls_project_id": 7}),
-    ):
+    with_label_studio(client, f"http://127.0.0.1:{free_port()}", label_studio.token)  # nothing listens there
+    refused = client.post(f"{API}/projects", json={"name": "news", "labels": ["PER"]})
+    with_label_studio(client, label_studio.url, label_studio.token)
+    missing = client.post(f"{API}/projects/attach", json={"ls_project_id": 987654})  # no such Label Studio project
+    for response in (refused, missing):
         assert response.status_code == 502
         assert response.json()["detail"][0]["message"].startswith("Label Studio: ")
     assert snapshot(client) == before
@@ -597,7 +589,7 @@ def test_cli_reports_bad_input_clearly(cli_env, tmp_path, args, content, message
 def test_retraining_is_due_after_every_n_labelled_tasks(tmp_path):
     """With retrain_every=3, a training is queued once 3 new non-dev tasks are labelled since the
     newest model version was trained, and only once while it waits (coalesced)."""
-    from service.api.operations import retrain_if_due
+    from service.jobs import retrain_if_due
 
     settings = make_settings(tmp_path, dev_share=0.0)
     with make_client(tmp_path, dev_share=0.0) as client:

@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlmodel import Session, select
@@ -28,13 +29,13 @@ from typer.testing import CliRunner
 from active_learning.metrics import Scores
 from active_learning.spans import Example
 from active_learning.tagger import LABELS_FILE, Tagger
+from service import jobs as job_requests
 from service import sync
 from service.db import get_engine, init_db
 from service.models import Job, JobStatus, ModelStatus, ModelVersion, Prediction, Project, Task, TaskState
 from service.settings import Settings, get_settings
 from tiny import LABELS, toy_corpus
 from workers import celery_app, jobs, store
-from workers.config import get_worker_settings
 from workers.retrain import decide
 
 from test_db import postgres_database, url  # noqa: F401  (fixtures: an empty SQLite or PostgreSQL database)
@@ -126,7 +127,14 @@ class Deployment:
         return Session(self.engine)
 
 
-SETTINGS_KEYS = {f"NERLOOP_{name.upper()}" for name in Settings.model_fields}
+def settings_from(env: dict[str, str]) -> Settings:
+    """The ``Settings`` a process started with ``env`` reads (JSON fields decoded as from the environment)."""
+    fields = {}
+    for key, value in env.items():
+        name = key.removeprefix("NERLOOP_").lower()
+        if name in Settings.model_fields:
+            fields[name] = json.loads(value) if Settings.model_fields[name].annotation == dict[str, Any] else value
+    return Settings(_env_file=None, **fields)
 
 
 def make_deployment(tmp: Path, tiny_encoder: Path, broker: str, backend: str, recorder_url: str, **extra) -> Deployment:
@@ -146,7 +154,7 @@ def make_deployment(tmp: Path, tiny_encoder: Path, broker: str, backend: str, re
         "NERLOOP_JOB_WAIT_SECONDS": "1",
         **extra,
     }
-    settings = Settings(_env_file=None, **{key.removeprefix("NERLOOP_").lower(): value for key, value in env.items() if key in SETTINGS_KEYS})
+    settings = settings_from(env)
     init_db(settings.database_url)
     return Deployment(tmp / "home", env, settings)
 
@@ -158,7 +166,6 @@ def point_settings_at(patch: pytest.MonkeyPatch, deployment: Deployment) -> None
     for key, value in deployment.env.items():
         patch.setenv(key, value)
     get_settings.cache_clear()
-    get_worker_settings.cache_clear()
 
 
 @pytest.fixture
@@ -167,7 +174,6 @@ def use_env(monkeypatch):
     yield lambda deployment: point_settings_at(monkeypatch, deployment)
     monkeypatch.undo()
     get_settings.cache_clear()
-    get_worker_settings.cache_clear()
 
 
 class Worker:
@@ -229,7 +235,7 @@ def wait_job(deployment: Deployment, job_id: int, worker: Worker, timeout: float
 
 def request(deployment: Deployment, project_id: int, kind: str = "train", *args, **task_kwargs) -> int:
     with deployment.session() as session:
-        return jobs.request(session, project_id, kind, *args, settings=deployment.settings, **task_kwargs).id
+        return job_requests.request(session, project_id, kind, *args, settings=deployment.settings, **task_kwargs).id
 
 
 def new_project(deployment: Deployment, labelled: int, pool: int, ls_project_id: int | None = None) -> int:
@@ -432,7 +438,6 @@ def redis_deployment(tmp_path_factory, tiny_encoder, label_studio_recorder):
         point_settings_at(patch, deployment)
         yield deployment
     get_settings.cache_clear()
-    get_worker_settings.cache_clear()
     import redis
 
     client = redis.Redis.from_url(REDIS)

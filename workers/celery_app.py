@@ -29,8 +29,6 @@ from kombu import Exchange, Queue
 
 from service.settings import Settings, get_settings
 
-from .config import WorkerSettings, get_worker_settings
-
 GPU = "gpu"
 CPU = "cpu"
 TASK_QUEUES = {
@@ -43,12 +41,12 @@ TASK_QUEUES = {
 }
 
 
-def celery_config(settings: Settings, worker: WorkerSettings) -> dict:
+def celery_config(settings: Settings) -> dict:
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,
-        "broker_transport_options": dict(worker.broker_transport_options),
-        "result_backend_transport_options": dict(worker.result_backend_transport_options),
+        "broker_transport_options": dict(settings.broker_transport_options),
+        "result_backend_transport_options": dict(settings.result_backend_transport_options),
         "broker_connection_retry_on_startup": True,
         "task_queues": tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in (GPU, CPU)),
         "task_default_queue": CPU,  # anything unrouted, Celery's chord_unlock included
@@ -63,14 +61,14 @@ def celery_config(settings: Settings, worker: WorkerSettings) -> dict:
         "result_expires": timedelta(days=1),
         "include": ["workers.tasks"],
         # `nerloop beat` (celery beat) sends the sweep; it needs no state beyond the DB.
-        "beat_schedule": {"sweep": {"task": "nerloop.sweep", "schedule": worker.sweep_seconds}},
+        "beat_schedule": {"sweep": {"task": "nerloop.sweep", "schedule": settings.sweep_seconds}},
         "beat_schedule_filename": str(settings.home / "celerybeat-schedule"),
     }
 
 
-def create_app(settings: Settings | None = None, worker: WorkerSettings | None = None, *, current: bool = True) -> Celery:
+def create_app(settings: Settings | None = None, *, current: bool = True) -> Celery:
     app = Celery("nerloop", set_as_current=current)
-    app.conf.update(celery_config(settings or get_settings(), worker or get_worker_settings()))
+    app.conf.update(celery_config(settings or get_settings()))
     return app
 
 
@@ -83,23 +81,23 @@ def make_sqlite_folders(app: Celery) -> None:
             Path(rest[1:]).parent.mkdir(parents=True, exist_ok=True)
 
 
-def _key(settings: Settings, worker: WorkerSettings) -> str:
+def _key(settings: Settings) -> str:
     return json.dumps(
-        [settings.broker_url, settings.result_backend, worker.broker_transport_options, worker.result_backend_transport_options],
+        [settings.broker_url, settings.result_backend, settings.broker_transport_options, settings.result_backend_transport_options],
         sort_keys=True,
     )
 
 
 # The app of the environment's settings: the one workers run.
 app = create_app()
-_apps: OrderedDict[str, Celery] = OrderedDict({_key(get_settings(), get_worker_settings()): app})
+_apps: OrderedDict[str, Celery] = OrderedDict({_key(get_settings()): app})
 _MAX_APPS = 4
 
 
 def app_for(settings: Settings | None = None) -> Celery:
     """The app that publishes to ``settings``' broker (the module's app for the environment's settings)."""
     settings = settings or get_settings()
-    key = _key(settings, get_worker_settings())
+    key = _key(settings)
     if key not in _apps:
         _apps[key] = create_app(settings, current=False)
         while len(_apps) > _MAX_APPS:

@@ -1,10 +1,8 @@
-"""Job rows: how a request becomes a queued job, and how a worker runs it exactly once at a time.
+"""Job rows on the worker's side: how a worker runs a queued job exactly once at a time.
 
-A job goes ``queued`` → ``running`` → ``succeeded`` or ``failed`` (with the error text). The rules:
+A job goes ``queued`` → ``running`` → ``succeeded`` or ``failed`` (with the error text); requests
+become queued jobs in ``service.jobs``. The rules:
 
-- Requests coalesce: asking for a training (or a sync) while one of the project's is still queued
-  returns that job instead of queueing another, so a burst of requests during a run leaves exactly
-  one follow-up.
 - One running job per project and kind (``start(exclusive=True)``). The check and the claim happen in
   one transaction that first locks the project's row (an UPDATE: a row lock on PostgreSQL, the
   database's write lock on SQLite, where a SELECT would not begin the transaction). A job that finds
@@ -28,105 +26,24 @@ import traceback
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import update
 from sqlmodel import Session, select
 
 from service.db import session_scope
-from service.models import Job, JobStatus, Project, utcnow
-from service.settings import Settings
-
-from .celery_app import enqueue
-from .config import get_worker_settings
+from service.jobs import age, lock_project, parse_time
+from service.models import Job, JobStatus, utcnow
+from service.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-TASK_NAMES = {"train": "nerloop.train", "score_pool": "nerloop.score_pool", "sync": "nerloop.sync"}
 FINISHED = (JobStatus.succeeded, JobStatus.failed)
-
-
-class EnqueueError(RuntimeError):
-    """The broker did not take the task; the job is marked failed with the reason."""
 
 
 class JobLost(RuntimeError):
     """This attempt no longer owns its job: another worker took it over."""
-
-
-def lock_project(session: Session, project_id: int) -> None:
-    """Serialise job bookkeeping of one project until the session's transaction ends."""
-    session.exec(
-        update(Project).where(Project.id == project_id).values(name=Project.name),
-        execution_options={"synchronize_session": False},
-    )
-
-
-# ---- requesting ----------------------------------------------------------------------------------
-
-
-def request(
-    session: Session,
-    project_id: int,
-    kind: str,
-    *args,
-    settings: Settings | None = None,
-    coalesce: bool = True,
-    **task_kwargs,
-) -> Job:
-    """A queued job of ``kind`` for the project, its task sent as ``TASK_NAMES[kind](project_id, *args,
-    job_id=..., **task_kwargs)``; with ``coalesce``, a job of that kind already queued is returned instead.
-
-    Commits. Raises ``EnqueueError`` (after marking the new job failed) when the broker refuses.
-    """
-    name = TASK_NAMES[kind]
-    lock_project(session, project_id)
-    if coalesce:
-        waiting = session.exec(
-            select(Job).where(Job.project_id == project_id, Job.kind == kind, Job.status == JobStatus.queued).order_by(Job.id)
-        ).first()
-        if waiting is not None:
-            resend = _looks_lost(waiting)
-            if resend:
-                waiting.progress = {**waiting.progress, "sent_at": utcnow().isoformat()}
-                session.add(waiting)
-            session.commit()
-            if resend:
-                # No worker has looked at it for a while: its message may be gone (a Redis restarted
-                # without persistence). Sending it again is safe: a second delivery only waits.
-                log.warning("job %s has waited since %s unseen by any worker; sending it again", waiting.id, waiting.created_at)
-                try:
-                    enqueue(name, project_id, *args, job_id=waiting.id, settings=settings, task_id=waiting.celery_id, **task_kwargs)
-                except Exception as error:  # the first message may still be there: keep the job queued
-                    log.error("job %s: sending it again failed: %s", waiting.id, error)
-            return waiting
-    job = Job(project_id=project_id, kind=kind, celery_id=str(uuid.uuid4()))
-    session.add(job)
-    session.commit()
-    session.refresh(job)
-    _send(session, job, name, project_id, args, settings, task_kwargs)
-    return job
-
-
-def _send(session: Session, job: Job, name: str, project_id: int, args, settings, task_kwargs) -> None:
-    try:
-        enqueue(name, project_id, *args, job_id=job.id, settings=settings, task_id=job.celery_id, **task_kwargs)
-    except Exception as error:  # any broker or connection error: the job must not stay queued
-        job.status = JobStatus.failed
-        job.error = f"could not enqueue {name}: {type(error).__name__}: {error}"
-        job.finished_at = utcnow()
-        session.add(job)
-        session.commit()
-        raise EnqueueError(job.error) from error
-
-
-def _looks_lost(job: Job) -> bool:
-    """Queued, and neither sent nor seen by a worker for ``job_stale_seconds``."""
-    moments = [job.created_at, *(_parse_time(job.progress.get(key)) for key in ("sent_at", "waiting_at"))]
-    return _age(max(m for m in moments if m is not None)) > get_worker_settings().job_stale_seconds
 
 
 # ---- starting ------------------------------------------------------------------------------------
@@ -152,7 +69,7 @@ def start(job_id: int, *, exclusive: bool = True, takeover: bool = True) -> Star
     gone is marked failed instead). ``takeover``: a running job whose owner is gone is run again
     (this is the broker's redelivery of a killed task); without it a job that left ``queued`` is done.
     """
-    settings = get_worker_settings()
+    settings = get_settings()
     with session_scope() as session:
         project_id = session.exec(select(Job.project_id).where(Job.id == job_id)).first()
         if project_id is not None:
@@ -201,8 +118,8 @@ def _owner(token: str) -> dict:
 
 def owner_alive(progress: dict) -> bool:
     """Whether the attempt that ``progress`` names still runs, as far as we can tell from here."""
-    beat = _parse_time(progress.get("heartbeat"))
-    if beat is None or _age(beat) > get_worker_settings().job_stale_seconds:
+    beat = parse_time(progress.get("heartbeat"))
+    if beat is None or age(beat) > get_settings().job_stale_seconds:
         return False
     owner = progress.get("owner") or {}
     if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
@@ -227,14 +144,6 @@ def _mark_failed(job: Job, error: str) -> None:
     job.status = JobStatus.failed
     job.error = error
     job.finished_at = utcnow()
-
-
-def _parse_time(value) -> datetime | None:
-    return datetime.fromisoformat(value) if isinstance(value, str) else None
-
-
-def _age(moment: datetime) -> float:
-    return (utcnow() - moment).total_seconds()
 
 
 def error_text(error: BaseException) -> str:
@@ -374,5 +283,5 @@ class JobRun:
             log.exception("job %s: could not write its progress", self.job_id)
 
     def _beat(self) -> None:
-        while not self._stop.wait(get_worker_settings().job_heartbeat_seconds):
+        while not self._stop.wait(get_settings().job_heartbeat_seconds):
             self.flush()

@@ -11,22 +11,25 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Callable
 
 from sqlalchemy import func
 from sqlmodel import Session, select
 
 from active_learning.metrics import Scores, evaluate
 from active_learning.spans import Example
-from active_learning.tagger import Tagger, default_base_model
+from active_learning.tagger import Prediction, Tagger, default_base_model
 from active_learning.training import EpochLog, TrainConfig, train
 from service import sync
 from service.db import session_scope
 from service.models import Annotation, ModelStatus, ModelVersion, Project, Task
-from service.predictor import active_version
+from service import jobs as job_requests
+from service.predictor import predict_with
+from service.versions import activate, active_version
 from service.settings import get_settings
 
-from . import jobs, store
-from .config import get_worker_settings
+from . import store
 from .jobs import JobRun
 
 log = logging.getLogger(__name__)
@@ -34,7 +37,7 @@ log = logging.getLogger(__name__)
 
 def train_config(overrides: dict | None = None) -> TrainConfig:
     """``TrainConfig`` defaults, then ``NERLOOP_TRAIN_CONFIG``, then the task's ``config``."""
-    return TrainConfig(**{**get_worker_settings().train_config, **(overrides or {})})
+    return TrainConfig(**{**get_settings().train_config, **(overrides or {})})
 
 
 @dataclass(frozen=True)
@@ -54,10 +57,10 @@ def labelled_state(session: Session, project_id: int) -> list:
     return [row[0], row[1], row[2].isoformat() if row[2] else None]
 
 
-def score_on(tagger: Tagger, dev: list[Example]) -> Scores | None:
+def score_on(predict: Callable[[list[str]], list[Prediction]], dev: list[Example]) -> Scores | None:
     if not dev:
         return None
-    return evaluate(dev, [p.entity_spans for p in tagger.predict([e.text for e in dev])])
+    return evaluate(dev, [p.entity_spans for p in predict([e.text for e in dev])])
 
 
 def decide(candidate: Scores | None, incumbent: Scores | None, has_active: bool) -> tuple[bool, str]:
@@ -102,8 +105,8 @@ def run_training(project_id: int, job_id: int, run: JobRun, config: TrainConfig)
     result = train(tagger, train_set, dev_set or None, config, on_step=on_step, on_epoch=on_epoch)
 
     run.update(stage="evaluating")
-    candidate = score_on(tagger, dev_set)
-    active_scores = score_on(store.load(incumbent.path), dev_set) if incumbent else None
+    candidate = score_on(tagger.predict, dev_set)
+    active_scores = score_on(partial(predict_with, incumbent.path), dev_set) if incumbent else None
     promote, reason = decide(candidate, active_scores, incumbent is not None)
 
     run.update(stage="saving")
@@ -134,14 +137,10 @@ def run_training(project_id: int, job_id: int, run: JobRun, config: TrainConfig)
                 dev_f1=candidate.f1 if candidate else None,
                 train_size=len(train_set),
             )
-            if promote and current is not None:
-                current.status = ModelStatus.retired
-                session.add(current)
-                session.flush()  # never two active rows, even within this transaction
-            if promote:
-                version.status = ModelStatus.active
             session.add(version)
             session.flush()
+            if promote:
+                activate(session, version)
             summary = {
                 "stage": "done",
                 "version_id": version.id,
@@ -169,7 +168,7 @@ def run_training(project_id: int, job_id: int, run: JobRun, config: TrainConfig)
 def _request(session: Session, project_id: int, kind: str, *args, coalesce: bool = True) -> None:
     """Queue a follow-up job; the training succeeded whatever the broker says, so failures are logged."""
     try:
-        jobs.request(session, project_id, kind, *args, coalesce=coalesce)
-    except jobs.EnqueueError as error:
+        job_requests.request(session, project_id, kind, *args, coalesce=coalesce)
+    except job_requests.EnqueueError as error:
         log.error("project %s: %s", project_id, error)
 

@@ -16,10 +16,8 @@ from sqlmodel import select
 from service.db import session_scope
 from service.label_studio import LabelStudioClient, results_from_spans
 from service.models import ModelStatus, ModelVersion, Prediction, Project, Task, TaskState
-from service.predictor import task_confidence
+from service.predictor import predict_with, task_confidence
 from service.settings import get_settings
-
-from . import store
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +47,7 @@ def score_tasks(version_id: int, task_ids: Sequence[int]) -> int:
             raise LookupError(f"model version {version_id} does not exist")
         path = version.path
         tasks = session.exec(select(Task.id, Task.text).where(Task.id.in_(list(task_ids))).order_by(Task.id)).all()
-    predictions = store.load(path).predict([text for _, text in tasks])
+    predictions = predict_with(path, [text for _, text in tasks])
     scored = {
         task_id: ([[s.start, s.end, s.label, round(s.score, 6)] for s in prediction.spans], task_confidence(prediction))
         for (task_id, _), prediction in zip(tasks, predictions)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
@@ -38,13 +37,6 @@ def save_atomically(tagger: Tagger, directory: Path, name: str) -> Path:
     os.rename(temp, final)
     _fsync(directory)
     return final
-
-
-@lru_cache(maxsize=2)
-def load(path: str) -> Tagger:
-    """A saved version's tagger, cached per directory (a saved directory never changes). It serves
-    scoring and comparisons only: training loads a fresh copy, since it changes the model in place."""
-    return Tagger.load(path)
 
 
 def remove_leftovers(directory: Path, keep: Iterable[str]) -> list[Path]:

@@ -21,7 +21,7 @@ from celery.utils.log import get_task_logger
 from sqlmodel import select
 
 from service import sync as annotation_sync
-from service.api.operations import retrain_if_due
+from service.jobs import retrain_if_due
 from service.db import session_scope
 from service.label_studio import LabelStudioClient
 from service.models import Project
@@ -29,7 +29,6 @@ from service.settings import get_settings
 
 from . import jobs, scoring
 from .celery_app import app, make_sqlite_folders
-from .config import get_worker_settings
 from .jobs import JobRun, Outcome
 from .retrain import run_training, train_config
 
@@ -41,7 +40,7 @@ def _claim(task, job_id: int, **options) -> jobs.Start:
     claim = jobs.start(job_id, **options)
     if claim.outcome is Outcome.wait:
         log.info("job %s waits for the project's running job", job_id)
-        raise task.retry(countdown=get_worker_settings().job_wait_seconds)
+        raise task.retry(countdown=get_settings().job_wait_seconds)
     return claim
 
 
@@ -55,18 +54,20 @@ def train(self, project_id: int, job_id: int, config: dict | None = None) -> dic
     return {"job_id": job_id, "skipped": "taken over by another worker"}
 
 
-@app.task(name="nerloop.score_pool")
-def score_pool(project_id: int, version_id: int, job_id: int) -> dict:
-    claim = jobs.start(job_id, exclusive=False, takeover=False)
-    if claim.outcome is not Outcome.run:
-        return {"job_id": job_id, "skipped": "started already"}
+@app.task(name="nerloop.score_pool", bind=True, max_retries=None)
+def score_pool(self, project_id: int, version_id: int, job_id: int) -> dict:
+    # Takeover: a redelivery after this process died before sending the chord fans out again (shards
+    # store upserts, so work done twice does no harm); while the fan-out's owner lives, it waits.
+    claim = _claim(self, job_id, exclusive=False)
+    if claim.outcome is Outcome.done:
+        return {"job_id": job_id, "skipped": "finished already"}
     try:
         jobs.note(job_id, version_id=version_id)
         if not scoring.is_active(version_id):
             jobs.complete(job_id, stage="done", skipped=f"version {version_id} is no longer active")
             return {"job_id": job_id, "skipped": "superseded"}
         ids = scoring.pool_task_ids(project_id)
-        shards = scoring.shards(ids, get_worker_settings().score_shard_size)
+        shards = scoring.shards(ids, get_settings().score_shard_size)
         jobs.note(job_id, stage="scoring", tasks=len(ids), shards=len(shards), scored=0)
         if not shards:
             jobs.complete(job_id, stage="done", pushed=0)

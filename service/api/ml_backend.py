@@ -17,7 +17,8 @@ from sqlmodel import Session, select
 
 from ..label_studio import LabelStudioError, parse_labelling_config
 from ..models import Project
-from ..predictor import ModelLoadError, Predictor, active_version, task_confidence
+from ..predictor import ModelLoadError, Predictor, task_confidence
+from ..versions import active_version
 from .schemas import MAX_ID, MLRegion, MLRegionValue, MLTaskResult
 
 logger = logging.getLogger(__name__)

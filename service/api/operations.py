@@ -14,13 +14,13 @@ from sqlmodel import Session, select
 
 from active_learning.corpus import CorpusError
 from active_learning.spans import Example, SpanError, validate
-from workers import jobs
 
-from .. import sync
+from .. import jobs, sync
 from ..label_studio import WEBHOOK_ACTIONS, LabelStudioClient, LabelStudioError
 from ..models import Annotation, Job, ModelStatus, ModelVersion, Project, Task, TaskState
-from ..predictor import ModelLoadError, Predictor, active_version, task_confidence
+from ..predictor import ModelLoadError, Predictor, task_confidence
 from ..settings import Settings
+from ..versions import activate, active_version
 from . import files
 from .errors import ApiError, bad_gateway, conflict, invalid, not_found
 from .schemas import (
@@ -167,16 +167,7 @@ def promote(session: Session, project: Project, version_id: int, settings: Setti
         raise conflict(f"model version {version.name} is still training", "path.version_id")
     if not version.path or not Path(version.path).is_dir():
         raise conflict(f"model version {version.name} has no model directory at {version.path!r}", "path.version_id")
-    # Lock the project row (PostgreSQL; SQLite serialises writers anyway) so that two promotions
-    # at once cannot both see the same active version and leave two active.
-    session.exec(select(Project.id).where(Project.id == project.id).with_for_update()).one()
-    current = active_version(session, project.id)
-    if current is not None:
-        current.status = ModelStatus.retired
-        session.add(current)
-        session.flush()  # never two active rows, even within this transaction
-    version.status = ModelStatus.active
-    session.add(version)
+    activate(session, version)
     session.commit()
     session.refresh(version)
     try:
@@ -235,18 +226,6 @@ def request_training(session: Session, project_id: int, settings: Settings | Non
         return jobs.request(session, project_id, "train", settings=settings)
     except jobs.EnqueueError as error:
         raise ApiError.one(503, None, str(error)) from error
-
-
-def retrain_if_due(session: Session, project: Project, settings: Settings | None = None) -> Job | None:
-    """Queue a training once ``project.retrain_every`` tasks were labelled since the newest model
-    version was trained (coalesced: while one is queued, no second is added)."""
-    labelled = session.exec(
-        select(func.count()).select_from(Task).where(Task.project_id == project.id, Task.state == TaskState.labelled, Task.is_dev == False)  # noqa: E712
-    ).one()
-    newest = session.exec(select(ModelVersion).where(ModelVersion.project_id == project.id).order_by(ModelVersion.id.desc())).first()
-    if labelled - (newest.train_size if newest else 0) < project.retrain_every:
-        return None
-    return jobs.request(session, project.id, "train", settings=settings)
 
 
 def get_job(session: Session, job_id: int) -> Job:
@@ -325,7 +304,7 @@ def process_event(engine, project_id: int, payload: dict, settings: Settings | N
                     return
                 sync.handle_webhook(session, project, payload)
                 session.commit()
-                retrain_if_due(session, project, settings)
+                jobs.retrain_if_due(session, project, settings)
                 return
         except IntegrityError:
             # Two events for one annotation raced (created and updated a moment apart): the other

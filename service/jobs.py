@@ -1,0 +1,120 @@
+"""Job rows on the requesting side: how the API, the CLI and the workers' follow-ups turn a request into
+a queued job and a task on the broker, sent by name (the task code lives in ``workers.tasks``).
+
+Requests coalesce: asking for a training (or a sync) while one of the project's is still queued
+returns that job instead of queueing another, so a burst of requests during a run leaves exactly one
+follow-up. How a worker then claims and runs a job is ``workers.jobs``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+
+from sqlalchemy import func, update
+from sqlmodel import Session, select
+
+from workers.celery_app import enqueue
+
+from .models import Job, JobStatus, ModelVersion, Project, Task, TaskState, utcnow
+from .settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+TASK_NAMES = {"train": "nerloop.train", "score_pool": "nerloop.score_pool", "sync": "nerloop.sync", "augment": "nerloop.augment"}
+
+
+class EnqueueError(RuntimeError):
+    """The broker did not take the task; the job is marked failed with the reason."""
+
+
+def lock_project(session: Session, project_id: int) -> None:
+    """Serialise job bookkeeping of one project until the session's transaction ends."""
+    session.exec(
+        update(Project).where(Project.id == project_id).values(name=Project.name),
+        execution_options={"synchronize_session": False},
+    )
+
+
+def request(
+    session: Session,
+    project_id: int,
+    kind: str,
+    *args,
+    settings: Settings | None = None,
+    coalesce: bool = True,
+    queue: str | None = None,
+    **task_kwargs,
+) -> Job:
+    """A queued job of ``kind`` for the project, its task sent as ``TASK_NAMES[kind](project_id, *args,
+    job_id=..., **task_kwargs)`` to ``queue`` (default: the task's own); with ``coalesce``, a job of that
+    kind already queued is returned instead.
+
+    Commits. Raises ``EnqueueError`` (after marking the new job failed) when the broker refuses.
+    """
+    name = TASK_NAMES[kind]
+    lock_project(session, project_id)
+    if coalesce:
+        waiting = session.exec(
+            select(Job).where(Job.project_id == project_id, Job.kind == kind, Job.status == JobStatus.queued).order_by(Job.id)
+        ).first()
+        if waiting is not None:
+            resend = _looks_lost(waiting)
+            if resend:
+                waiting.progress = {**waiting.progress, "sent_at": utcnow().isoformat()}
+                session.add(waiting)
+            session.commit()
+            if resend:
+                # No worker has looked at it for a while: its message may be gone (a Redis restarted
+                # without persistence). Sending it again is safe: a second delivery only waits.
+                log.warning("job %s has waited since %s unseen by any worker; sending it again", waiting.id, waiting.created_at)
+                try:
+                    enqueue(
+                        name, project_id, *args, job_id=waiting.id, queue=queue, settings=settings, task_id=waiting.celery_id, **task_kwargs
+                    )
+                except Exception as error:  # the first message may still be there: keep the job queued
+                    log.error("job %s: sending it again failed: %s", waiting.id, error)
+            return waiting
+    job = Job(project_id=project_id, kind=kind, celery_id=str(uuid.uuid4()))
+    session.add(job)
+    session.commit()
+    session.refresh(job)
+    try:
+        enqueue(name, project_id, *args, job_id=job.id, queue=queue, settings=settings, task_id=job.celery_id, **task_kwargs)
+    except Exception as error:  # any broker or connection error: the job must not stay queued
+        job.status = JobStatus.failed
+        job.error = f"could not enqueue {name}: {type(error).__name__}: {error}"
+        job.finished_at = utcnow()
+        session.add(job)
+        session.commit()
+        raise EnqueueError(job.error) from error
+    return job
+
+
+def retrain_if_due(session: Session, project: Project, settings: Settings | None = None) -> Job | None:
+    """Queue a training once ``project.retrain_every`` tasks were labelled since the newest model
+    version was trained (coalesced: while one is queued, no second is added)."""
+    labelled = session.exec(
+        select(func.count()).select_from(Task).where(Task.project_id == project.id, Task.state == TaskState.labelled, Task.is_dev == False)  # noqa: E712
+    ).one()
+    newest = session.exec(select(ModelVersion).where(ModelVersion.project_id == project.id).order_by(ModelVersion.id.desc())).first()
+    if labelled - (newest.train_size if newest else 0) < project.retrain_every:
+        return None
+    return request(session, project.id, "train", settings=settings)
+
+
+def _looks_lost(job: Job) -> bool:
+    """Queued, and neither sent nor seen by a worker for ``job_stale_seconds``."""
+    moments = [job.created_at, *(parse_time(job.progress.get(key)) for key in ("sent_at", "waiting_at"))]
+    return age(max(m for m in moments if m is not None)) > get_settings().job_stale_seconds
+
+
+def parse_time(value) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+
+def age(moment: datetime) -> float:
+    return (utcnow() - moment).total_seconds()
+
+

@@ -1,0 +1,36 @@
+"""Model versions: which one is active, and the one way to change it.
+
+Exactly one version per project is active. Manual promotion and rollback (``service.api.operations``)
+and a training that wins its comparison (``workers.retrain``) all switch through ``activate``.
+"""
+
+from __future__ import annotations
+
+from sqlmodel import Session, select
+
+from .jobs import lock_project
+from .models import ModelStatus, ModelVersion
+
+
+def active_version(session: Session, project_id: int) -> ModelVersion | None:
+    statement = select(ModelVersion).where(ModelVersion.project_id == project_id, ModelVersion.status == ModelStatus.active)
+    return session.exec(statement).first()
+
+
+def activate(session: Session, version: ModelVersion) -> ModelVersion | None:
+    """Make ``version`` its project's active version in the session's transaction (the caller commits);
+    the version active before is retired and returned.
+
+    The project's row is locked first (a row lock on PostgreSQL, the write lock on SQLite), so two
+    switches at once cannot both see the same active version and leave two active.
+    """
+    lock_project(session, version.project_id)
+    current = active_version(session, version.project_id)
+    if current is not None and current.id != version.id:
+        current.status = ModelStatus.retired
+        session.add(current)
+        session.flush()  # never two active rows, even within this transaction
+    version.status = ModelStatus.active
+    session.add(version)
+    session.flush()
+    return current if current is not None and current.id != version.id else None
