@@ -9,7 +9,8 @@ from ..predictor import Predictor
 from ..settings import Settings, get_settings
 from .deps import require_token
 from .errors import install_error_handlers
-from .routes import annotations, health, jobs, ml, models, predictions, projects, tasks, webhooks
+from .routes import annotations, dashboard, health, jobs, metrics, ml, models, predictions, projects, tasks, webhooks
+from .telemetry import RequestMetrics, registry_for
 
 API_PREFIX = "/api/v1"
 ML_PREFIX = "/ml"
@@ -25,6 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "Active learning for NER around Label Studio. `/api/v1` needs `Authorization: Bearer $NERLOOP_API_TOKEN` "
             "when the server has a token (health excepted; the Label Studio webhook uses `X-Nerloop-Secret`). "
             "`/ml` is the Label Studio ML-backend protocol (optional HTTP basic auth). "
+            "`/metrics` (Prometheus) needs the same bearer token; the page at `/dashboard` asks for it (or takes `#token=`). "
             'Errors: `{"detail": [{"field": "body.texts[0]", "message": "..."}]}`.'
         ),
     )
@@ -32,9 +34,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = init_db(settings.database_url)
     app.state.predictor = Predictor(settings.database_url)
     install_error_handlers(app)
+    app.state.metrics = registry_for(app.state.engine)
+    app.add_middleware(RequestMetrics, registry=app.state.metrics)
 
     protected = APIRouter(dependencies=[Depends(require_token)])
-    for module in (projects, tasks, annotations, models, predictions, jobs):
+    for module in (projects, tasks, annotations, models, predictions, jobs, dashboard):
         protected.include_router(module.router)
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(health.router)
@@ -42,4 +46,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(protected)
     app.include_router(api)
     app.include_router(ml.router, prefix=ML_PREFIX)
+    app.include_router(dashboard.page)
+    app.include_router(metrics.router)
     return app
