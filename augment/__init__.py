@@ -7,11 +7,12 @@ mean what they meant in the source.
 
 Methods (``METHODS`` maps each to its Celery queue): ``backtranslate`` (gpu), ``mention_replacement``,
 ``token_replacement``, ``synonym``, ``shuffle`` (cpu). ``ContextAugmenter`` runs any other text
-augmenter (nlpaug's, say) on the context between mentions only.
+augmenter (nlpaug's, say) on the context between mentions only; ``apply`` runs it with the same
+checks, deduplication and provenance as ``run``.
 """
 
 from .augmenters import ContextAugmenter
 from .base import AugmentError, Augmenter
-from .pipeline import AUGMENTERS, METHODS, Report, faithful, run
+from .pipeline import AUGMENTERS, METHODS, Report, apply, faithful, run
 
-__all__ = ["AUGMENTERS", "METHODS", "AugmentError", "Augmenter", "ContextAugmenter", "Report", "faithful", "run"]
+__all__ = ["AUGMENTERS", "METHODS", "AugmentError", "Augmenter", "ContextAugmenter", "Report", "apply", "faithful", "run"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -38,11 +39,30 @@ class Report:
         }
 
 
-def faithful(source: Example, text: str, spans: list[Span], keeps_mentions: bool) -> bool:
-    """Whether an output may be emitted: its spans are valid, its mentions have the source's types
-    in the source's order and are trimmed words; for context-only methods its mentions are the
-    source's, verbatim, and its context holds no new copy of one (which would be an unlabelled
-    mention)."""
+_WORD = re.compile(r"\w+")
+
+
+class KnownMentions:
+    """Mention strings of the labelled set, indexed by their first word, to spot a new, unlabelled
+    copy of one in rewritten context (a translator that echoes "Paris" into the context)."""
+
+    def __init__(self, examples: Sequence[Example]):
+        self.by_word: dict[str, set[str]] = {}
+        for example in examples:
+            for mention in example.mentions():
+                words = _WORD.findall(mention)
+                if words:
+                    self.by_word.setdefault(words[0], set()).add(mention)
+
+    def candidates(self, text: str) -> set[str]:
+        return {m for word in set(_WORD.findall(text)) for m in self.by_word.get(word, ())}
+
+
+def faithful(source: Example, text: str, spans: list[Span], keeps_mentions: bool, known: KnownMentions | None = None) -> bool:
+    """Whether an output may be emitted: its spans are valid and its mentions have the source's
+    types in the source's order and are trimmed. For context-only methods also: its mentions are the
+    source's, verbatim, and its context holds no new copy of one of them or of a ``known`` mention
+    (that would be an entity left unlabelled)."""
     try:
         spans = validate(text, spans)
     except SpanError:
@@ -57,7 +77,8 @@ def faithful(source: Example, text: str, spans: list[Span], keeps_mentions: bool
             return False
         old_context = "\n".join(contexts(source))
         new_context = "\n".join(contexts(Example(text, spans)))
-        if any(mention_count(new_context, m) > mention_count(old_context, m) for m in set(mentions)):
+        watched = set(mentions) | (known.candidates(new_context) if known else set())
+        if any(mention_count(new_context, m) > mention_count(old_context, m) for m in watched):
             return False
     return True
 
@@ -76,37 +97,61 @@ def run(
     labelled: Sequence[Example] = (),
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Report:
-    """Augment ``sources`` with ``method``: up to ``n`` new examples each.
+    """Augment ``sources`` with ``method`` (a key of ``METHODS``): up to ``n`` new examples each.
+
+    ``params`` override the method's defaults; a bad one raises ``AugmentError`` naming it.
+    ``labelled`` is the project's labelled set: replacement mentions and token distributions come
+    from it (and the sources), and outputs equal to one of its texts are duplicates.
+    """
+    if method not in AUGMENTERS:
+        raise AugmentError(f"method: unknown augmentation method {method!r}; known: {sorted(AUGMENTERS)}")
+    _check_n(n)
+    cls = AUGMENTERS[method]
+    checked = cls.check(params)
+    sources = list(sources)
+    return apply(cls(checked, [*labelled, *sources]), sources, n=n, seed=seed, labelled=labelled, on_progress=on_progress)
+
+
+def apply(
+    augmenter: Augmenter,
+    sources: Sequence[Example],
+    *,
+    n: int = 1,
+    seed: int = 0,
+    labelled: Sequence[Example] = (),
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Report:
+    """Run a constructed ``augmenter`` (e.g. a ``ContextAugmenter`` around an nlpaug augmenter).
 
     Outputs that fail ``faithful`` are dropped and counted, never returned; outputs whose text equals
     their source's, another output's or a labelled example's are counted as duplicates. Each kept
     example's ``meta`` records its provenance: method, source (the source's ``task_id`` or ``id``),
-    params (with defaults filled in) and seed. The same inputs and seed give the same outputs.
+    params (defaults filled in) and seed. The same inputs and seed give the same outputs.
     ``on_progress(done, total)`` counts sources.
     """
-    if method not in AUGMENTERS:
-        raise AugmentError(f"method: unknown augmentation method {method!r}; known: {sorted(AUGMENTERS)}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise AugmentError(f"n: must be a positive integer, got {n!r}")
-    cls = AUGMENTERS[method]
-    checked = cls.check(params)
+    _check_n(n)
     sources = list(sources)
-    augmenter = cls(checked, [*labelled, *sources])
     rng = random.Random(seed)
+    known = KnownMentions([*labelled, *sources]) if augmenter.keeps_mentions else None
     seen = {e.text for e in labelled} | {e.text for e in sources}
-    report = Report(method, len(sources))
-    for first in range(0, len(sources), cls.batch_size):
-        batch = sources[first : first + cls.batch_size]
+    report = Report(augmenter.name, len(sources))
+    for first in range(0, len(sources), augmenter.batch_size):
+        batch = sources[first : first + augmenter.batch_size]
         for source, candidates in zip(batch, augmenter.augment(batch, n, rng)):
             for text, spans in candidates:
-                if not faithful(source, text, spans, cls.keeps_mentions):
+                if not faithful(source, text, spans, augmenter.keeps_mentions, known):
                     report.dropped += 1
                 elif text in seen:
                     report.duplicates += 1
                 else:
                     seen.add(text)
-                    meta = {"method": method, "source": source_id(source), "params": checked, "seed": seed}
+                    meta = {"method": augmenter.name, "source": source_id(source), "params": augmenter.params, "seed": seed}
                     report.examples.append(Example(text, spans, meta))
         if on_progress:
-            on_progress(min(first + len(batch), len(sources)), len(sources))
+            on_progress(first + len(batch), len(sources))
     return report
+
+
+def _check_n(n) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise AugmentError(f"n: must be a positive integer, got {n!r}")

@@ -49,3 +49,51 @@ def build_tiny_encoder(directory: Path, extra_vocab: list[str] = ()) -> Path:
     )
     BertModel(config).save_pretrained(directory)
     return directory
+
+
+def build_tiny_marian(directory: Path, texts: list[str], emit: list[str], vocab_size: int = 0) -> Path:
+    """A randomly initialised 1-layer MarianMT model with its own SentencePiece tokenizer (trained on
+    ``texts``), saved like an opus-mt model so ``from_pretrained`` loads it. Its output is steered by
+    the decoder's ``final_logits_bias``: it writes only the words in ``emit`` (and never stops before
+    ``max_new_tokens``). Filler words make a harmless translator; a mention's word makes one that
+    copies entity names into the context, whose outputs must be dropped."""
+    import json
+
+    import sentencepiece as spm
+    import torch
+    from transformers import MarianConfig, MarianMTModel, MarianTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    words = sorted({w for text in texts for w in text.split()})
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_prefix=str(directory / "spm"),
+        vocab_size=vocab_size or len(words) + 3,
+        model_type="word" if not vocab_size else "unigram",
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        minloglevel=2,
+    )
+    for name in ("source.spm", "target.spm"):
+        (directory / name).write_bytes((directory / "spm.model").read_bytes())
+    processor = spm.SentencePieceProcessor(model_file=str(directory / "spm.model"))
+    pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+    vocab = {"</s>": 0, "<unk>": 1}
+    for piece in pieces:
+        vocab.setdefault(piece, len(vocab))
+    vocab["<pad>"] = len(vocab)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    MarianTokenizer(*(str(directory / name) for name in ("source.spm", "target.spm", "vocab.json"))).save_pretrained(directory)
+    config = MarianConfig(
+        vocab_size=len(vocab), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=128,
+        pad_token_id=vocab["<pad>"], eos_token_id=0, decoder_start_token_id=vocab["<pad>"], forced_eos_token_id=0,
+    )
+    torch.manual_seed(0)
+    model = MarianMTModel(config)
+    bias = torch.full((1, len(vocab)), -50.0)
+    for word in emit:
+        bias[0, vocab["▁" + word]] = 0.0
+    model.final_logits_bias.copy_(bias)
+    model.save_pretrained(directory)
+    return directory
