@@ -418,6 +418,83 @@ def train(
         raise typer.Exit(follow_job(job_id, timeout))
 
 
+@app.command()
+def augment(
+    project: int = typer.Option(..., "--project", min=1, help="nerloop project id"),
+    method: str = typer.Option(..., help="backtranslate (gpu queue), mention_replacement, token_replacement, synonym, shuffle"),
+    n: int = typer.Option(1, "--n", min=1, max=50, help="New examples per labelled training task, at most"),
+    seed: int = typer.Option(0, min=0),
+    param: list[str] = typer.Option([], "--param", help="A method parameter as KEY=VALUE (VALUE read as JSON when it parses), repeatable"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the job with a progress bar (--no-wait: print its id and return)"),
+    timeout: float = typer.Option(0, min=0, help="With --wait: give up after this many seconds (0: never)"),
+):
+    """Queue an augmentation of the project's labelled training tasks. Training uses the results once
+    the project enables it: nerloop configure --project P --augment."""
+    import json
+
+    from rich.markup import escape
+
+    from augment import AugmentError
+    from service.augmentation import request_augmentation
+    from service.db import init_db, session_scope
+    from service.jobs import EnqueueError
+    from service.settings import get_settings
+
+    params = {}
+    for item in param:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            fail(f"--param: expected KEY=VALUE, got {item!r}")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    settings = get_settings()
+    init_db(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        target = _project_or_fail(session, project)
+        try:
+            job = request_augmentation(session, target, method, n, seed, params, settings)
+        except AugmentError as error:
+            fail("--" + escape(str(error)))
+        except EnqueueError as error:
+            fail(escape(str(error)))
+        job_id, status = job.id, job.status.value
+    console.print(f"augmentation job [bold]{job_id}[/bold] of project {project} ({method}): {status}")
+    if wait:
+        raise typer.Exit(follow_job(job_id, timeout))
+
+
+@app.command()
+def configure(
+    project: int = typer.Option(..., "--project", min=1, help="nerloop project id"),
+    strategy: Optional[str] = typer.Option(None, help="Query strategy: random, least_confidence, mnlp, entropy_mean, entropy_max, margin, bald"),
+    retrain_every: Optional[int] = typer.Option(None, min=1, help="Retrain after this many newly labelled tasks"),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Train on augmented examples too"),
+    augment_ratio: Optional[float] = typer.Option(None, min=0, max=20, help="At most this many augmented examples per labelled one"),
+):
+    """Change a project's settings; prints them all."""
+    from pydantic import ValidationError
+    from rich.markup import escape
+
+    from service.api.operations import update_project
+    from service.api.schemas import ProjectRead, ProjectUpdate
+    from service.db import init_db, session_scope
+    from service.settings import get_settings
+
+    try:
+        body = ProjectUpdate(strategy=strategy, retrain_every=retrain_every, augment=augment, augment_ratio=augment_ratio)
+    except ValidationError as error:
+        first = error.errors()[0]
+        fail(f"--{str(first['loc'][0]).replace('_', '-')}: {escape(first['msg'])}")
+    settings = get_settings()
+    init_db(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        shown = ProjectRead.model_validate(update_project(session, _project_or_fail(session, project), body), from_attributes=True)
+    for key in ("strategy", "retrain_every", "augment", "augment_ratio"):
+        console.print(f"{key}: {getattr(shown, key)}")
+
+
 def follow_job(job_id: int, timeout: float = 0) -> int:
     """Show a job's progress until it ends; 0 when it succeeded, 1 when it failed, 3 on timeout."""
     import time
@@ -442,8 +519,8 @@ def follow_job(job_id: int, timeout: float = 0) -> int:
                 status, state, error = job.status, dict(job.progress), job.error
             if status in (JobStatus.succeeded, JobStatus.failed):
                 break
-            total = state.get("total_steps") or state.get("tasks")
-            done = state.get("step") or state.get("scored") or 0
+            total = state.get("total_steps") or state.get("tasks") or state.get("sources")
+            done = state.get("step") or state.get("scored") or state.get("done") or 0
             progress.update(bar, total=total or None, completed=done, description=f"job {job_id} · {escape(job_summary(status, state))}")
             if timeout and time.monotonic() - started > timeout:
                 progress.stop()
@@ -481,6 +558,10 @@ def job_summary(status, progress: dict) -> str:
         parts.append(f"scored {progress.get('scored', 0)}/{progress['tasks']}")
     if "pushed" in progress:
         parts.append(f"pushed {progress['pushed']}")
+    if "sources" in progress:
+        parts.append(f"augmented {progress.get('done', 0)}/{progress['sources']} sources")
+    if "kept" in progress:
+        parts.append(f"kept {progress['kept']}, dropped {progress['dropped']}, duplicates {progress['duplicates']}")
     if "changed" in progress:
         parts.append(f"{progress['changed']} annotations changed")
     return " · ".join(str(p) for p in parts)

@@ -95,7 +95,7 @@ class Prediction(SQLModel, table=True):
     task_id: int = Field(foreign_key="task.id", index=True)
     model_version_id: int = Field(foreign_key="modelversion.id", index=True)
     spans: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # [start, end, label, score]
-    score: float  # confidence in (0, 1]: lower means more uncertain, served first by Label Studio
+    score: float  # exp(-informativeness) under the project's strategy, in (0, 1]: the lowest is served first by Label Studio
     created_at: datetime = Field(default_factory=utcnow)
 
 

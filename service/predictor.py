@@ -6,11 +6,13 @@ scoring), so a request costs one small query plus inference; a new tagger is loa
 different version becomes active (promotion, rollback), and the least recently used one is dropped.
 Training never uses the cache: it changes its model in place.
 
-Task confidence, the ``score`` Label Studio stores with a prediction, is the geometric mean over the
-text's words of the probability of each word's most likely tag: ``exp(mean_i log max_y p(y_i))``.
-It lies in (0, 1]; lower means more uncertain. It is ``exp(-MNLP)``, so Label Studio's uncertainty
-sampling (lowest score first) serves tasks in the same order as the MNLP strategy, and unlike the
-plain product it does not favour long texts. A text without words scores 1.0.
+Task confidence is the geometric mean over the text's words of the probability of each word's most
+likely tag: ``exp(mean_i log max_y p(y_i))``. It lies in (0, 1]; lower means more uncertain; unlike
+the plain product it does not favour long texts. A text without words scores 1.0.
+
+The ``score`` Label Studio stores with a prediction follows the project's query strategy:
+``exp(-informativeness)`` (``task_scores``), so Label Studio's uncertainty sampling (lowest score
+first) serves tasks in the strategy's order. Under MNLP, the default, it is the task confidence.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Sequence
 
 from sqlmodel import Session
 
-from active_learning.strategies import MNLP
+from active_learning.strategies import MNLP, make_strategy
 from active_learning.tagger import Prediction, Tagger
 
 from .db import get_engine
@@ -43,6 +45,21 @@ def task_confidence(prediction: Prediction) -> float:
     return math.exp(-MNLP().scores([prediction])[0])
 
 
+MC_SAMPLES = 8  # dropout passes per text for strategies that need them (BALD)
+
+
+def samples_for(strategy: str) -> int:
+    """MC-dropout passes ``strategy`` needs per text (0 for most)."""
+    return MC_SAMPLES if make_strategy(strategy).needs_mc_dropout else 0
+
+
+def task_scores(strategy: str, predictions: Sequence[Prediction], seed: int = 0) -> list[float]:
+    """Label Studio's ``score`` per prediction: ``exp(-informativeness)`` under ``strategy``, in (0, 1];
+    the most informative text scores lowest. ``seed`` drives the random strategy."""
+    informativeness = make_strategy(strategy, seed).scores(list(predictions))
+    return [math.exp(-max(0.0, float(u))) for u in informativeness]
+
+
 @dataclass(frozen=True)
 class ActiveModel:
     """A loaded tagger and the version it serves."""
@@ -52,9 +69,9 @@ class ActiveModel:
     tagger: Tagger
     lock: threading.Lock
 
-    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+    def predict(self, texts: Sequence[str], mc_samples: int = 0) -> list[Prediction]:
         with self.lock:  # one inference at a time per model: it uses every core anyway
-            return self.tagger.predict(list(texts))
+            return self.tagger.predict(list(texts), mc_samples=mc_samples)
 
 
 class TaggerCache:
@@ -84,11 +101,11 @@ class TaggerCache:
 _cache = TaggerCache()
 
 
-def predict_with(path: str, texts: Sequence[str]) -> list[Prediction]:
+def predict_with(path: str, texts: Sequence[str], mc_samples: int = 0) -> list[Prediction]:
     """Predictions of the saved model at ``path``, loaded through this process's cache."""
     tagger, lock = _cache.get(path)
     with lock:
-        return tagger.predict(list(texts))
+        return tagger.predict(list(texts), mc_samples=mc_samples)
 
 
 class Predictor:

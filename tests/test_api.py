@@ -609,3 +609,42 @@ def test_retraining_is_due_after_every_n_labelled_tasks(tmp_path):
             session.delete(first)
             session.commit()
             assert retrain_if_due(session, project, settings) is None  # v1 was trained on all 3
+
+
+# ---- project settings and augmentation requests ---------------------------------------------------
+
+
+def test_project_settings_change_and_bad_values_name_their_field(client):
+    project = add_project(client)
+    changed = client.patch(f"{API}/projects/{project.id}", json={"strategy": "bald", "augment": True, "augment_ratio": 1.5})
+    assert changed.status_code == 200
+    body = changed.json()
+    assert (body["strategy"], body["augment"], body["augment_ratio"], body["retrain_every"]) == ("bald", True, 1.5, 20)
+    before = snapshot(client)
+    for payload, field in (
+        ({"strategy": "smartest"}, "body.strategy"),
+        ({"retrain_every": 0}, "body.retrain_every"),
+        ({"augment_ratio": -1}, "body.augment_ratio"),
+        ({"name": "renamed"}, "body.name"),
+    ):
+        response = client.patch(f"{API}/projects/{project.id}", json=payload)
+        assert response.status_code == 422 and fields(response) == [field], response.json()
+    assert snapshot(client) == before
+
+
+def test_augmentation_requests_are_checked_before_anything_is_queued(client):
+    project = add_project(client)
+    before = snapshot(client)
+    for payload, field in (
+        ({"method": "paraphrase"}, "body.method"),
+        ({"method": "shuffle", "n": 0}, "body.n"),
+        ({"method": "shuffle", "params": {"p": 3}}, "body.params.p"),
+        ({"method": "synonym", "params": {"colour": 1}}, "body.params.colour"),
+        ({"n": 2}, "body.method"),
+    ):
+        response = client.post(f"{API}/projects/{project.id}/augment", json=payload)
+        assert response.status_code == 422 and fields(response) == [field], response.json()
+    assert snapshot(client) == before
+    queued = client.post(f"{API}/projects/{project.id}/augment", json={"method": "token_replacement", "n": 2, "params": {"p": 0.5}})
+    assert queued.status_code == 202
+    assert (queued.json()["kind"], queued.json()["status"]) == ("augment", "queued")

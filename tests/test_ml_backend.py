@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from sqlmodel import Session, select
 
+from active_learning.strategies import make_strategy
 from active_learning.tagger import Prediction
 from service import sync
 from service.api.ml_backend import label_studio_project_id
 from service.models import Job, ModelStatus
-from service.predictor import NoActiveModel, Predictor, task_confidence
+from service.predictor import NoActiveModel, Predictor, samples_for, task_confidence, task_scores
 from servers import free_port
 from test_api import add_project, add_version, make_client, make_settings, snapshot, trained_model  # noqa: F401 (fixture)
 
@@ -276,3 +277,21 @@ def test_nerloop_serve_answers_over_http(tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def test_label_studio_scores_follow_the_project_strategy():
+    """exp(-informativeness): MNLP gives the task confidence, and every strategy's most informative
+    text gets the lowest score (Label Studio serves it first)."""
+    rng = np.random.default_rng(0)
+    predictions = []
+    for length in (3, 5, 8, 2):
+        marginals = rng.dirichlet(np.ones(3) * 0.7, size=length).astype(np.float32)
+        samples = rng.dirichlet(np.ones(3) * 0.7, size=(4, length)).astype(np.float32)
+        predictions.append(Prediction(spans=[], words=[(i, i + 1) for i in range(length)], marginals=marginals, samples=samples))
+    assert task_scores("mnlp", predictions) == pytest.approx([task_confidence(p) for p in predictions])
+    for name in ("least_confidence", "entropy_mean", "entropy_max", "margin", "bald", "random"):
+        scores = task_scores(name, predictions, seed=3)
+        assert all(0 < s <= 1 for s in scores)
+        informativeness = make_strategy(name, 3).scores(predictions)
+        assert np.argmin(scores) == np.argmax(informativeness), name
+    assert samples_for("bald") > 0 and samples_for("mnlp") == 0

@@ -27,12 +27,14 @@ from sqlmodel import Session, select
 from typer.testing import CliRunner
 
 from active_learning.metrics import Scores
-from active_learning.spans import Example
+from active_learning.spans import Example, validate
 from active_learning.tagger import LABELS_FILE, Tagger
 from service import jobs as job_requests
-from service import sync
+from service import augmentation, sync
 from service.db import get_engine, init_db
-from service.models import Job, JobStatus, ModelStatus, ModelVersion, Prediction, Project, Task, TaskState
+from service.models import (
+    Annotation, AugmentedExample, Job, JobStatus, ModelStatus, ModelVersion, Prediction, Project, Task, TaskState,
+)
 from service.settings import Settings, get_settings
 from tiny import LABELS, toy_corpus
 from workers import celery_app, jobs, store
@@ -572,6 +574,62 @@ def test_a_sync_job_runs_on_the_cpu_queue_and_records_why_it_failed(redis_deploy
     project_id = new_project(redis_deployment, labelled=0, pool=1)  # not attached to Label Studio
     job = wait_job(redis_deployment, request(redis_deployment, project_id, "sync"), redis_worker)
     assert job.status == JobStatus.failed and job.error.startswith("SyncError: project 'toy' is not attached")
+
+
+def test_augmentation_job_stores_attributed_examples_that_training_uses_capped(redis_deployment, redis_worker):
+    """nerloop augment queues a job on the method's queue and follows it; the worker stores outputs
+    derived from training tasks only, with valid spans and provenance; training mixes them in once
+    the project enables it, capped at augment_ratio, and drops those of a source annotation edited since."""
+    from service.augmentation import training_examples
+    from service.cli import app
+
+    deployment = redis_deployment
+    project_id = new_project(deployment, labelled=40, pool=2)
+    invoke = CliRunner().invoke
+    result = invoke(app, ["augment", "--project", str(project_id), "--method", "mention_replacement", "--n", "3", "--timeout", "120"])
+    assert result.exit_code == 0, result.output + redis_worker.log.read_text()[-3000:]
+    assert "succeeded" in result.output and "kept" in result.output
+
+    with deployment.session() as session:
+        project = session.get(Project, project_id)
+        train, dev = sync.accepted_examples(session, project)
+        rows = session.exec(select(AugmentedExample).where(AugmentedExample.project_id == project_id)).all()
+        [job] = session.exec(select(Job).where(Job.project_id == project_id, Job.kind == "augment")).all()
+    assert job.status == JobStatus.succeeded and job.progress["stored"] == len(rows) > 0
+    by_task = {e.meta["task_id"]: e for e in train}
+    labelled_texts = {e.text for e in train + dev}
+    for row in rows:
+        source = by_task[row.source_task_id]  # a training task, never a dev one
+        spans = validate(row.text, row.spans, LABELS)
+        assert [s.label for s in spans] == [s.label for s in source.spans]
+        assert row.text not in labelled_texts and row.method == "mention_replacement" and row.seed == 0
+    assert len({row.text for row in rows}) == len(rows)
+
+    with deployment.session() as session:
+        project = session.get(Project, project_id)
+        assert training_examples(session, project)[2] == 0  # not enabled yet
+    configured = invoke(app, ["configure", "--project", str(project_id), "--augment", "--augment-ratio", "0.25"])
+    assert configured.exit_code == 0 and "augment: True" in configured.output
+    with deployment.session() as session:
+        project = session.get(Project, project_id)
+        mixed, _, augmented = training_examples(session, project)
+        assert augmented == min(len(rows), int(0.25 * len(train))) > 0 and len(mixed) == len(train) + augmented
+        # An edit of a source annotation makes its augmentations stale.
+        edited = rows[0].source_task_id
+        annotation = session.exec(select(Annotation).where(Annotation.task_id == edited, Annotation.accepted.is_(True))).one()
+        annotation.updated_at = jobs.utcnow()
+        session.add(annotation)
+        session.commit()
+        fresh = augmentation.current_augmented(session, project)
+        assert edited not in {e.meta["source"] for e in fresh}
+        assert len(fresh) == len(rows) - sum(r.source_task_id == edited for r in rows)
+
+    trained = wait_job(deployment, request(deployment, project_id), redis_worker, timeout=180)
+    assert trained.status == JobStatus.succeeded, trained.error
+    assert trained.progress["train_size"] == len(train) and 0 < trained.progress["augmented"] <= int(0.25 * len(train))
+
+    wrong = invoke(app, ["augment", "--project", str(project_id), "--method", "shuffle", "--param", "p=2"])
+    assert wrong.exit_code != 0 and "params.p" in wrong.output
 
 
 # ---- with a worker on the embedded SQLite broker ---------------------------------------------------

@@ -5,8 +5,9 @@ This module needs only the settings, so the API and the CLI import it to enqueue
 the tasks (``workers.tasks``) itself: ``celery -A workers.celery_app worker -Q gpu,cpu`` or
 ``nerloop worker``.
 
-Queues: ``gpu`` runs model work (training, pool scoring and its shards); ``cpu`` runs I/O (annotation
-sync, pushing predictions to Label Studio, Celery's own chord bookkeeping). A GPU host runs one
+Queues: ``gpu`` runs model work (training, pool scoring and its shards, back-translation); ``cpu``
+runs I/O and light work (annotation sync, pushing predictions to Label Studio, the other augmenters,
+Celery's own chord bookkeeping). A GPU host runs one
 worker per accelerator on ``gpu`` with concurrency 1; ``cpu`` can run anywhere, with more.
 
 Delivery: tasks are acknowledged when they end (``acks_late``) and given back to the broker when the
@@ -38,6 +39,7 @@ TASK_QUEUES = {
     "nerloop.sync": CPU,
     "nerloop.push_predictions": CPU,
     "nerloop.sweep": CPU,
+    "nerloop.augment": CPU,  # back-translation is sent to GPU (augment.METHODS names each method's queue)
 }
 
 

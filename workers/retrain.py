@@ -17,11 +17,12 @@ from typing import Callable
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from active_learning.corpus import word_offsets
 from active_learning.metrics import Scores, evaluate
 from active_learning.spans import Example
 from active_learning.tagger import Prediction, Tagger, default_base_model
 from active_learning.training import EpochLog, TrainConfig, train
-from service import sync
+from service.augmentation import training_examples
 from service.db import session_scope
 from service.models import Annotation, ModelStatus, ModelVersion, Project, Task
 from service import jobs as job_requests
@@ -83,18 +84,19 @@ def run_training(project_id: int, job_id: int, run: JobRun, config: TrainConfig)
         if project is None:
             raise LookupError(f"project {project_id} does not exist")
         labels = list(project.labels)
-        train_set, dev_set = sync.accepted_examples(session, project)
+        train_set, dev_set, augmented = training_examples(session, project)
+        real = len(train_set) - augmented
         active = active_version(session, project_id)
         incumbent = Incumbent(active.id, active.name, active.path) if active else None
         labelled_at_start = labelled_state(session, project_id)
         registered = session.exec(select(ModelVersion.path).where(ModelVersion.project_id == project_id)).all()
     store.remove_leftovers(directory, keep=registered)
-    if not train_set:
+    if not real:
         raise ValueError(f"project {project_id} has no labelled training examples yet ({len(dev_set)} in the dev set)")
 
     base = incumbent.path if incumbent else (settings.base_model or default_base_model())
     tagger = Tagger.load(base, labels=labels)
-    run.update(stage="training", base=base, train_size=len(train_set), dev_size=len(dev_set), epoch=0, step=0)
+    run.update(stage="training", base=base, train_size=real, augmented=augmented, dev_size=len(dev_set), epoch=0, step=0)
 
     def on_step(step: int, total: int, loss: float) -> None:
         run.update(step=step, total_steps=total, loss=round(loss, 5))
@@ -114,6 +116,9 @@ def run_training(project_id: int, job_id: int, run: JobRun, config: TrainConfig)
     metrics = {
         "job_id": job_id,
         "base": base,
+        "train_size": real,
+        "augmented": augmented,
+        "train_tokens": sum(len(word_offsets(e.text)) for e in train_set[:real]),  # the learning curve's x
         "dev_size": len(dev_set),
         "dev": candidate.as_dict() if candidate else None,
         "compared_with": {"version": incumbent.name, "dev_f1": active_scores.f1 if active_scores else None} if incumbent else None,
@@ -135,7 +140,7 @@ def run_training(project_id: int, job_id: int, run: JobRun, config: TrainConfig)
                 status=ModelStatus.candidate,
                 metrics=metrics,
                 dev_f1=candidate.f1 if candidate else None,
-                train_size=len(train_set),
+                train_size=real,
             )
             session.add(version)
             session.flush()

@@ -16,7 +16,7 @@ from sqlmodel import select
 from service.db import session_scope
 from service.label_studio import LabelStudioClient, results_from_spans
 from service.models import ModelStatus, ModelVersion, Prediction, Project, Task, TaskState
-from service.predictor import predict_with, task_confidence
+from service.predictor import predict_with, samples_for, task_scores
 from service.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -40,17 +40,20 @@ def is_active(version_id: int) -> bool:
 
 
 def score_tasks(version_id: int, task_ids: Sequence[int]) -> int:
-    """Predict the tasks with the version's model and store the predictions; returns how many."""
+    """Predict the tasks with the version's model and store the predictions, scored under the
+    project's query strategy (``service.predictor.task_scores``); returns how many."""
     with session_scope() as session:
         version = session.get(ModelVersion, version_id)
         if version is None:
             raise LookupError(f"model version {version_id} does not exist")
-        path = version.path
+        path, strategy = version.path, session.get(Project, version.project_id).strategy
         tasks = session.exec(select(Task.id, Task.text).where(Task.id.in_(list(task_ids))).order_by(Task.id)).all()
-    predictions = predict_with(path, [text for _, text in tasks])
+    predictions = predict_with(path, [text for _, text in tasks], mc_samples=samples_for(strategy))
+    # Seeded by the shard's first task, so that random scores differ between shards yet repeat on a rerun.
+    scores = task_scores(strategy, predictions, seed=tasks[0][0] if tasks else 0)
     scored = {
-        task_id: ([[s.start, s.end, s.label, round(s.score, 6)] for s in prediction.spans], task_confidence(prediction))
-        for (task_id, _), prediction in zip(tasks, predictions)
+        task_id: ([[s.start, s.end, s.label, round(s.score, 6)] for s in prediction.spans], score)
+        for (task_id, _), prediction, score in zip(tasks, predictions, scores)
     }
     with session_scope() as session:
         existing = session.exec(

@@ -9,6 +9,8 @@ attempt runs makes it wait, and stored results are upserts.
 - ``nerloop.score_pool(project_id, version_id, job_id)`` (gpu): a chord of ``nerloop.score_shard``
   over chunks of the pool, then ``nerloop.push_predictions`` (cpu) into Label Studio.
 - ``nerloop.sync(project_id, job_id=None)`` (cpu): pull the annotations webhooks missed.
+- ``nerloop.augment(project_id, job_id, method, n, seed, params)`` (the method's queue: gpu for
+  back-translation, cpu for the rest): augment the labelled training tasks, store the outputs.
 - ``nerloop.sweep()`` (cpu, sent by the beat every ``NERLOOP_SWEEP_SECONDS``): for every project,
   pull from Label Studio when attached, then queue a training where enough new labels arrived.
 """
@@ -29,6 +31,7 @@ from service.settings import get_settings
 
 from . import jobs, scoring
 from .celery_app import app, make_sqlite_folders
+from .augmentation import run_augmentation
 from .jobs import JobRun, Outcome
 from .retrain import run_training, train_config
 
@@ -109,6 +112,16 @@ def push_predictions(scored: list[int], project_id: int, version_id: int, job_id
         raise
     jobs.complete(job_id, stage="done", scored=sum(scored), pushed=pushed)
     return {"job_id": job_id, "scored": sum(scored), "pushed": pushed}
+
+
+@app.task(name="nerloop.augment", bind=True, max_retries=None)
+def augment(self, project_id: int, job_id: int, method: str, n: int = 1, seed: int = 0, params: dict | None = None) -> dict:
+    claim = _claim(self, job_id, exclusive=True)  # one at a time per project: each dedupes against the stored ones
+    if claim.outcome is Outcome.done:
+        return {"job_id": job_id, "skipped": "finished already"}
+    with JobRun(job_id, claim) as run:
+        return run_augmentation(project_id, run, method, n, seed, params or {})
+    return {"job_id": job_id, "skipped": "taken over by another worker"}
 
 
 @app.task(name="nerloop.sync", bind=True, max_retries=None)

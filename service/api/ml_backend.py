@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 
 from ..label_studio import LabelStudioError, parse_labelling_config
 from ..models import Project
-from ..predictor import ModelLoadError, Predictor, task_confidence
+from ..predictor import ModelLoadError, Predictor, samples_for, task_scores
 from ..versions import active_version
 from .schemas import MAX_ID, MLRegion, MLRegionValue, MLTaskResult
 
@@ -81,7 +81,10 @@ def predict_tasks(
     version = model.name if model is not None else UNTRAINED
     texts = [_task_text(task, names.text_key) for task in tasks]
     to_predict = [t for t in texts if t is not None]
-    predictions = iter(model.predict(to_predict) if model is not None and to_predict else [])
+    strategy = project.strategy if project is not None else "mnlp"
+    predicted = model.predict(to_predict, mc_samples=samples_for(strategy)) if model is not None and to_predict else []
+    scores = iter(task_scores(strategy, predicted))
+    predictions = iter(predicted)
     results = []
     for text in texts:
         prediction = next(predictions) if model is not None and text is not None else None
@@ -97,7 +100,7 @@ def predict_tasks(
             )
             for s in prediction.spans
         ]
-        results.append(MLTaskResult(result=regions, score=task_confidence(prediction), model_version=version))
+        results.append(MLTaskResult(result=regions, score=next(scores), model_version=version))
     return results
 
 

@@ -15,7 +15,9 @@ from sqlmodel import Session, select
 from active_learning.corpus import CorpusError
 from active_learning.spans import Example, SpanError, validate
 
-from .. import jobs, sync
+from augment import AugmentError
+
+from .. import augmentation, jobs, sync
 from ..label_studio import WEBHOOK_ACTIONS, LabelStudioClient, LabelStudioError
 from ..models import Annotation, Job, ModelStatus, ModelVersion, Project, Task, TaskState
 from ..predictor import ModelLoadError, Predictor, task_confidence
@@ -25,6 +27,7 @@ from . import files
 from .errors import ApiError, bad_gateway, conflict, invalid, not_found
 from .schemas import (
     AnnotationRead,
+    AugmentRequest,
     EntityOut,
     ImportReport,
     PredictResponse,
@@ -32,6 +35,7 @@ from .schemas import (
     ProjectCreate,
     ProjectReport,
     ProjectRead,
+    ProjectUpdate,
     ReportModel,
     TaskCounts,
     TaskIn,
@@ -80,6 +84,15 @@ def attach_project(session: Session, body: ProjectAttach, client: LabelStudioCli
     except IntegrityError:  # attached by a concurrent request since the check above
         session.rollback()
         raise conflict(f"Label Studio project {body.ls_project_id} is already attached", "body.ls_project_id") from None
+    session.refresh(project)
+    return project
+
+
+def update_project(session: Session, project: Project, body: ProjectUpdate) -> Project:
+    for name, value in body.model_dump(exclude_none=True).items():
+        setattr(project, name, value)
+    session.add(project)
+    session.commit()
     session.refresh(project)
     return project
 
@@ -224,6 +237,18 @@ def request_training(session: Session, project_id: int, settings: Settings | Non
     broker refuses (the job is then recorded as failed)."""
     try:
         return jobs.request(session, project_id, "train", settings=settings)
+    except jobs.EnqueueError as error:
+        raise ApiError.one(503, None, str(error)) from error
+
+
+def request_augmentation(session: Session, project: Project, body: AugmentRequest, settings: Settings | None = None) -> Job:
+    """Queue an augmentation job (422 naming the field for an unknown method or bad params; 503 when
+    the broker refuses)."""
+    try:
+        return augmentation.request_augmentation(session, project, body.method, body.n, body.seed, body.params, settings)
+    except AugmentError as error:
+        where, _, message = str(error).partition(": ")
+        raise invalid([(f"body.{where}", message)]) from error
     except jobs.EnqueueError as error:
         raise ApiError.one(503, None, str(error)) from error
 

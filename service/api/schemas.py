@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+
+from active_learning.strategies import STRATEGIES
 
 from ..models import ModelStatus
 
@@ -86,7 +88,25 @@ class ProjectRead(BaseModel):
     strategy: str
     batch_size: int
     retrain_every: int
+    augment: bool
+    augment_ratio: float
     created_at: datetime
+
+
+class ProjectUpdate(Strict):
+    """Fields to change; those left out keep their values."""
+
+    strategy: Literal[tuple(STRATEGIES)] | None = Field(None, description="Query strategy: the order Label Studio serves the pool in")
+    retrain_every: int | None = Field(None, ge=1, le=1_000_000, description="Retrain after this many newly labelled tasks")
+    augment: bool | None = Field(None, description="Train on augmented examples too")
+    augment_ratio: float | None = Field(None, ge=0, le=20, description="At most this many augmented examples per labelled one")
+
+
+class AugmentRequest(Strict):
+    method: str = Field(description="backtranslate, mention_replacement, token_replacement, synonym or shuffle")
+    n: int = Field(1, ge=1, le=50, strict=True, description="New examples per labelled training task, at most")
+    seed: int = Field(0, ge=0, le=2**31 - 1, strict=True)
+    params: dict[str, Any] = Field(default_factory=dict, description="The method's parameters (see augment's augmenters)")
 
 
 # ---- tasks ----------------------------------------------------------------------------------------

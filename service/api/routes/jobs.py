@@ -1,4 +1,4 @@
-"""Jobs: queue a training, follow a job, list a project's jobs (training, pool scoring, sync)."""
+"""Jobs: queue a training or an augmentation, follow a job, list a project's jobs."""
 
 from datetime import datetime
 from typing import Annotated, Any
@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from .. import operations
 from ..deps import ProjectDep, SessionDep, SettingsDep
 from ..errors import ERROR_RESPONSES
-from ..schemas import MAX_ID
+from ..schemas import MAX_ID, AugmentRequest
 from ...models import JobStatus
 
 router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
@@ -38,6 +38,18 @@ class JobRead(BaseModel):
 def train(project: ProjectDep, session: SessionDep, settings: SettingsDep):
     """Queue a training of the project's model; while one is already queued, that job is returned."""
     return operations.request_training(session, project.id, settings)
+
+
+@router.post(
+    "/projects/{project_id}/augment",
+    response_model=JobRead,
+    status_code=202,
+    responses={503: {"description": "The broker refused the task (the job is recorded as failed)"}},
+)
+def augment(project: ProjectDep, body: AugmentRequest, session: SessionDep, settings: SettingsDep):
+    """Queue an augmentation of the project's labelled training tasks; its outputs are stored as
+    augmented examples, which training uses when the project enables ``augment``."""
+    return operations.request_augmentation(session, project, body, settings)
 
 
 @router.get("/projects/{project_id}/jobs", response_model=list[JobRead])

@@ -5,7 +5,7 @@ from fastapi import APIRouter
 from .. import operations
 from ..deps import LabelStudioDep, ProjectDep, SessionDep
 from ..errors import ERROR_RESPONSES
-from ..schemas import ProjectAttach, ProjectCreate, ProjectRead, ProjectReport
+from ..schemas import ProjectAttach, ProjectCreate, ProjectRead, ProjectReport, ProjectUpdate
 
 router = APIRouter(prefix="/projects", tags=["projects"], responses=ERROR_RESPONSES)
 
@@ -31,6 +31,12 @@ def list_projects(session: SessionDep):
 @router.get("/{project_id}", response_model=ProjectRead)
 def get_project(project: ProjectDep):
     return project
+
+
+@router.patch("/{project_id}", response_model=ProjectRead)
+def update_project(project: ProjectDep, body: ProjectUpdate, session: SessionDep):
+    """Change the query strategy, the retraining interval, or whether (and how much) training uses augmented examples."""
+    return operations.update_project(session, project, body)
 
 
 @router.get("/{project_id}/report", response_model=ProjectReport)

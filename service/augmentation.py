@@ -1,0 +1,102 @@
+"""Augmented examples in the service: requesting a job, storing what it made, and the training set
+that mixes them in.
+
+An augmented example is derived from one labelled training task's accepted annotation. It counts
+for training only while that annotation is unchanged since the example was made (an edit of the
+source annotation makes its augmentations stale: their labels could be the old ones), never from a
+dev task (the dev set compares model versions and must stay real), and only when the project
+enables augmentation, at most ``augment_ratio`` augmented examples per real one.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+from sqlmodel import Session, select
+
+from active_learning.spans import Example
+from augment import AUGMENTERS, METHODS, AugmentError
+
+from . import jobs, sync
+from .models import Annotation, AugmentedExample, Job, Project, Task
+from .settings import Settings
+
+
+def check_request(method: str, n: int, params: dict | None) -> dict:
+    """The method's parameters with defaults filled in; ``AugmentError`` names a bad field. Loads no model."""
+    if method not in AUGMENTERS:
+        raise AugmentError(f"method: unknown augmentation method {method!r}; known: {', '.join(sorted(AUGMENTERS))}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise AugmentError(f"n: must be a positive integer, got {n!r}")
+    return AUGMENTERS[method].check(params)
+
+
+def request_augmentation(
+    session: Session, project: Project, method: str, n: int = 1, seed: int = 0, params: dict | None = None,
+    settings: Settings | None = None,
+) -> Job:
+    """Queue an augmentation job on its method's queue (back-translation on ``gpu``, the rest on ``cpu``).
+    Raises ``AugmentError`` for a bad request and ``jobs.EnqueueError`` when the broker refuses."""
+    checked = check_request(method, n, params)
+    return jobs.request(
+        session, project.id, "augment", coalesce=False, queue=METHODS[method], settings=settings,
+        method=method, n=n, seed=seed, params=checked,
+    )
+
+
+def store(session: Session, project_id: int, examples: Sequence[Example]) -> int:
+    """Add augmented examples (``meta`` as ``augment.run`` writes it); texts the project already has
+    as augmented examples are skipped. Returns how many were added; the caller commits."""
+    have = set(session.exec(select(AugmentedExample.text).where(AugmentedExample.project_id == project_id)))
+    added = 0
+    for example in examples:
+        if example.text in have:
+            continue
+        have.add(example.text)
+        meta = example.meta
+        session.add(
+            AugmentedExample(
+                project_id=project_id,
+                source_task_id=meta["source"],
+                method=meta["method"],
+                params=meta["params"],
+                seed=meta["seed"],
+                text=example.text,
+                spans=[list(span) for span in example.spans],
+            )
+        )
+        added += 1
+    return added
+
+
+def current_augmented(session: Session, project: Project) -> list[Example]:
+    """The project's augmented examples whose source is a labelled training task whose accepted
+    annotation has not changed since the example was made."""
+    rows = session.exec(
+        select(AugmentedExample)
+        .join(Task, AugmentedExample.source_task_id == Task.id)
+        .join(Annotation, Annotation.task_id == Task.id)
+        .where(
+            AugmentedExample.project_id == project.id,
+            Task.is_dev.is_(False),
+            Annotation.accepted.is_(True),
+            Annotation.updated_at <= AugmentedExample.created_at,
+        )
+        .order_by(AugmentedExample.id)
+    ).all()
+    return [Example(r.text, r.spans, {"augmented_id": r.id, "source": r.source_task_id, "method": r.method}) for r in rows]
+
+
+def training_examples(session: Session, project: Project) -> tuple[list[Example], list[Example], int]:
+    """(train, dev, augmented): the labelled set split as ``sync.accepted_examples`` does, with the
+    project's augmented examples added to ``train`` when it enables them, capped at ``augment_ratio``
+    per real training example (a seeded sample, so retraining on the same data sees the same set)."""
+    train, dev = sync.accepted_examples(session, project)
+    if not project.augment or not train:
+        return train, dev, 0
+    augmented = current_augmented(session, project)
+    cap = int(project.augment_ratio * len(train))
+    if len(augmented) > cap:
+        augmented = sorted(random.Random(project.id).sample(augmented, cap), key=lambda e: e.meta["augmented_id"])
+    return train + augmented, dev, len(augmented)
