@@ -26,7 +26,7 @@ from active_learning.corpus import accepted_annotation, spans_from_results
 from active_learning.spans import Example, SpanError, validate
 
 from .label_studio import LabelStudioClient, parse_ls_datetime
-from .models import Annotation, Project, Task, TaskState
+from .models import Annotation, Project, Task, TaskState, utcnow
 from .settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,18 @@ def _record(session: Session, project: Project, task: Task, ls_annotation: Mappi
     session.flush()
     _settle(session, task)
     return True
+
+
+def record_local_annotation(session: Session, task: Task, spans: list, annotator: str = "") -> Annotation:
+    """An annotation made outside Label Studio (``POST .../tasks/{id}/annotations``): it becomes the
+    task's newest one and so, unless a ground truth exists, the accepted one. ``spans`` are validated."""
+    project = session.get(Project, task.project_id)
+    checked = validate(task.text, spans, project.labels)
+    annotation = Annotation(task_id=task.id, spans=[list(s) for s in checked], annotator=annotator, updated_at=utcnow())
+    session.add(annotation)
+    session.flush()
+    _settle(session, task)
+    return annotation
 
 
 def _annotator(completed_by) -> str:

@@ -22,7 +22,7 @@ from service import sync
 from service.api import create_app
 from service.api.deps import get_label_studio
 from service.label_studio import LabelStudioClient
-from service.models import Annotation, Job, ModelStatus, ModelVersion, Project, Task, TaskState
+from service.models import Annotation, Job, ModelStatus, ModelVersion, Prediction, Project, Task, TaskState
 from service.settings import Settings
 from servers import free_port
 from tiny import LABELS, toy_corpus
@@ -648,3 +648,52 @@ def test_augmentation_requests_are_checked_before_anything_is_queued(client):
     queued = client.post(f"{API}/projects/{project.id}/augment", json={"method": "token_replacement", "n": 2, "params": {"p": 0.5}})
     assert queued.status_code == 202
     assert (queued.json()["kind"], queued.json()["status"]) == ("augment", "queued")
+
+
+# ---- labelling without Label Studio ---------------------------------------------------------------
+
+
+def test_next_tasks_follow_the_active_versions_scores_and_annotations_queue_a_retraining(client):
+    project = add_project(client, retrain_every=2)
+    texts = [f"alice met bob in paris on day {i} ." for i in range(5)]
+    client.post(f"{API}/projects/{project.id}/tasks", json={"tasks": [{"text": t} for t in texts]})
+    cold = client.get(f"{API}/projects/{project.id}/tasks/next", params={"limit": 5}).json()
+    assert [t["text"] for t in cold] == sorted(texts, key=sync.content_hash)  # unscored: a fixed shuffle
+    assert all(t["score"] is None and t["predictions"] == [] for t in cold)
+
+    version = add_version(client, project.id, "v1", "unused", status=ModelStatus.active)
+    scores = {cold[0]["id"]: 0.9, cold[1]["id"]: 0.2, cold[2]["id"]: 0.5}
+    with Session(client.app.state.engine) as session:
+        for task_id, score in scores.items():
+            session.add(Prediction(task_id=task_id, model_version_id=version, spans=[[0, 5, "PER", 0.8]], score=score))
+        session.get(ModelVersion, version).train_size = 0  # trained on nothing: every new label counts
+        session.commit()
+    ranked = client.get(f"{API}/projects/{project.id}/tasks/next", params={"limit": 5}).json()
+    assert [t["id"] for t in ranked[:3]] == [cold[1]["id"], cold[2]["id"], cold[0]["id"]]  # least confident first
+    assert ranked[0]["model_version"] == "v1" and ranked[0]["predictions"][0]["text"] == "alice"
+    assert {t["id"] for t in ranked[3:]} == {cold[3]["id"], cold[4]["id"]} and ranked[3]["score"] is None
+
+    before = snapshot(client)
+    first = ranked[0]
+    for payload, field in (
+        ({"spans": [[0, 5, "GPE"]]}, "body.spans[0]"),
+        ({"spans": [[0, 500, "PER"]]}, "body.spans[0]"),
+        ({"spans": [[0, 5, "PER"], [2, 8, "PER"]]}, "body.spans"),
+        ({"spans": [], "colour": "red"}, "body.colour"),
+    ):
+        response = client.post(f"{API}/projects/{project.id}/tasks/{first['id']}/annotations", json=payload)
+        assert response.status_code == 422 and fields(response) == [field], response.json()
+    assert client.post(f"{API}/projects/{project.id}/tasks/99999/annotations", json={"spans": []}).status_code == 404
+    assert snapshot(client) == before
+
+    made = client.post(f"{API}/projects/{project.id}/tasks/{first['id']}/annotations", json={"spans": [[0, 5, "PER"], [10, 13, "PER"]], "annotator": "demo"})
+    assert made.status_code == 201 and made.json()["accepted"] and made.json()["spans"] == [[0, 5, "PER"], [10, 13, "PER"]]
+    assert first["id"] not in [t["id"] for t in client.get(f"{API}/projects/{project.id}/tasks/next", params={"limit": 5}).json()]
+    assert client.get(f"{API}/projects/{project.id}/jobs").json() == []  # 1 of retrain_every=2 (if not a dev task)
+    for task in ranked[1:4]:
+        client.post(f"{API}/projects/{project.id}/tasks/{task['id']}/annotations", json={"spans": []})
+    with Session(client.app.state.engine) as session:
+        labelled = session.exec(select(Task).where(Task.project_id == project.id, Task.state == TaskState.labelled, Task.is_dev == False)).all()  # noqa: E712
+    trainings = [j for j in client.get(f"{API}/projects/{project.id}/jobs").json() if j["kind"] == "train"]
+    assert len(labelled) >= 2  # dev tasks are hash-chosen: 4 labelled texts leave at least 2 for training here
+    assert len(trainings) == 1 and trainings[0]["status"] == "queued"

@@ -19,17 +19,19 @@ from augment import AugmentError
 
 from .. import augmentation, jobs, sync
 from ..label_studio import WEBHOOK_ACTIONS, LabelStudioClient, LabelStudioError
-from ..models import Annotation, Job, ModelStatus, ModelVersion, Project, Task, TaskState
+from ..models import Annotation, Job, ModelStatus, ModelVersion, Prediction, Project, Task, TaskState
 from ..predictor import ModelLoadError, Predictor, task_confidence
 from ..settings import Settings
 from ..versions import activate, active_version
 from . import files
 from .errors import ApiError, bad_gateway, conflict, invalid, not_found
 from .schemas import (
+    AnnotationIn,
     AnnotationRead,
     AugmentRequest,
     EntityOut,
     ImportReport,
+    NextTask,
     PredictResponse,
     ProjectAttach,
     ProjectCreate,
@@ -144,7 +146,55 @@ def import_examples(
     return ImportReport(created=len(result.created), duplicates=result.duplicates)
 
 
+def next_tasks(session: Session, project: Project, limit: int) -> list[NextTask]:
+    """The pool tasks to label next, in the order Label Studio's uncertainty sampling serves them: the
+    lowest score of the active version first; tasks it has not scored after, in content-hash order
+    (a fixed pseudo-random order, so a cold start samples the pool evenly)."""
+    version = active_version(session, project.id)
+    version_id = version.id if version is not None else -1
+    rows = session.exec(
+        select(Task, Prediction)
+        .outerjoin(Prediction, (Prediction.task_id == Task.id) & (Prediction.model_version_id == version_id))
+        .where(Task.project_id == project.id, Task.state == TaskState.pool)
+        .order_by(Prediction.score.is_(None), Prediction.score, Task.content_hash)
+        .limit(limit)
+    ).all()
+    out = []
+    for task, prediction in rows:
+        entities = [
+            EntityOut(start=s, end=e, label=label, text=task.text[s:e], score=p) for s, e, label, p in (prediction.spans if prediction else [])
+        ]
+        out.append(
+            NextTask(
+                id=task.id, text=task.text, meta=task.meta, score=prediction.score if prediction else None,
+                model_version=version.name if prediction else None, predictions=entities,
+            )
+        )
+    return out
+
+
 # ---- annotations ----------------------------------------------------------------------------------
+
+
+def annotate(session: Session, project: Project, task_id: int, body: AnnotationIn, settings: Settings | None = None) -> AnnotationRead:
+    """Store an annotation made outside Label Studio; a retraining is queued when one is due."""
+    task = session.get(Task, task_id)
+    if task is None or task.project_id != project.id:
+        raise not_found("path.task_id", f"task {task_id} of project {project.id}")
+    try:
+        annotation = sync.record_local_annotation(session, task, [(s.start, s.end, s.label) for s in body.spans], body.annotator)
+    except SpanError as error:
+        session.rollback()
+        where, _, message = str(error).partition(": ")
+        raise invalid([(f"body.{where}", message)]) from error
+    session.commit()
+    try:
+        jobs.retrain_if_due(session, project, settings)
+    except jobs.EnqueueError as error:  # the annotation stands; the beat's sweep queues the training later
+        logger.error("project %s: training not queued: %s", project.id, error)
+    session.refresh(annotation)
+    return AnnotationRead(text=task.text, **annotation.model_dump(exclude={"spans"}), spans=list(annotation.spans))
+
 
 
 def list_annotations(session: Session, project: Project, accepted_only: bool, limit: int, offset: int) -> list[AnnotationRead]:

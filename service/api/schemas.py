@@ -139,6 +139,11 @@ class TasksImport(Strict):
     tasks: list[TaskIn] = Field(min_length=1, max_length=MAX_TASKS)
 
 
+class AnnotationIn(Strict):
+    spans: list[SpanIn] = Field(default_factory=list, max_length=10_000, description="The entities; empty: the text has none")
+    annotator: Annotated[str, StringConstraints(max_length=200), AfterValidator(_storable)] = ""
+
+
 class ImportReport(BaseModel):
     created: int
     duplicates: int
@@ -189,6 +194,15 @@ class EntityOut(BaseModel):
     label: str
     text: str
     score: float = Field(description="Probability of exactly this labelled span")
+
+
+class NextTask(BaseModel):
+    id: int
+    text: str
+    meta: dict[str, Any]
+    score: float | None = Field(description="The active version's score under the project's strategy; lowest first, None when unscored")
+    model_version: str | None
+    predictions: list[EntityOut] = Field(description="The active version's pre-annotation")
 
 
 class TextPrediction(BaseModel):
