@@ -134,7 +134,8 @@ class Synonym(Augmenter):
             found = set()
             if key.isalpha() and len(key) > 2 and key not in STOPWORDS:
                 for synset in self.wordnet.synsets(key):
-                    found.update(lemma.name().replace("_", " ") for lemma in synset.lemmas())
+                    # capitalised lemmas are names ("lamb" → "Charles Lamb"): an O word must stay O
+                    found.update(lemma.name().replace("_", " ") for lemma in synset.lemmas() if lemma.name()[:1].islower())
             self.cache[key] = sorted(s for s in found if s.lower() != key)
         return self.cache[key]
 
