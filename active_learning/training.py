@@ -27,7 +27,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     gradient_accumulation: int = 1
-    patience: int = 2  # epochs without a better dev F1 before stopping
+    patience: int = 2  # epochs without a better dev F1 before stopping (counted after min_steps)
     # Keep the vocabulary embedding matrix fixed: with a few hundred labelled sentences most of its
     # rows never see a gradient, yet AdamW would still decay and move all of them every step; on a
     # CPU its update is a quarter of the step time (MiniLM: 30k x 384 of 22M parameters).
@@ -132,7 +132,7 @@ def train(
         if dev_f1 > best_f1:
             best_f1, best_epoch, stale = dev_f1, epoch, 0
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        else:
+        elif step >= config.min_steps:  # early stopping only once the head has had its minimum of updates
             stale += 1
             if stale >= config.patience:
                 break

@@ -18,6 +18,15 @@ def trained(tiny_encoder, tmp_path_factory):
     return tagger, result
 
 
+def test_early_stopping_waits_for_the_minimum_steps(tiny_encoder):
+    """A tiny learning rate keeps dev F1 flat, which would stop training after ``patience`` epochs;
+    the minimum number of steps comes first (small labelled sets must get their updates)."""
+    tagger = Tagger.load(str(tiny_encoder), labels=LABELS, max_length=32, stride=8)
+    config = TrainConfig(epochs=1, min_steps=12, batch_size=8, learning_rate=1e-9, patience=1, freeze_word_embeddings=False)
+    result = train(tagger, toy_corpus(16, seed=1), toy_corpus(8, seed=2), config)  # 2 steps per epoch
+    assert result.steps >= 12 and len(result.history) >= 6
+
+
 def test_training_learns_the_toy_pattern(trained):
     tagger, result = trained
     test = toy_corpus(60, seed=3)
