@@ -9,8 +9,9 @@ to change it, so the label sequence survives by construction.
 from __future__ import annotations
 
 import random
-from dataclasses import replace
+from bisect import bisect_left
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -45,12 +46,22 @@ class MentionReplacement(Augmenter):
             first, last = tokens.words[run[0]], tokens.words[run[-1]]
             if first.entity is not None and rng.random() < self.params["p"]:
                 current = "".join(tokens.words[i].text + tokens.words[i].gap for i in run[:-1]) + last.text
-                others = [m for m in self.mentions.get(first.label, []) if m != current]
-                if others:
-                    words += words_of(rng.choice(others), first.entity, first.label, last.gap)
+                other = self._other(first.label, current, rng)
+                if other is not None:
+                    words += words_of(other, first.entity, first.label, last.gap)
                     continue
             words += [tokens.words[i] for i in run]
         return Tokens(tokens.lead, words).render()
+
+    def _other(self, label: str, current: str, rng: random.Random) -> str | None:
+        """A uniformly drawn ``label`` mention other than ``current`` (None if there is none)."""
+        known = self.mentions.get(label, [])
+        at = bisect_left(known, current)
+        present = int(at < len(known) and known[at] == current)
+        if len(known) - present < 1:
+            return None
+        k = rng.randrange(len(known) - present)
+        return known[k + 1 if present and k >= at else k]
 
 
 class TokenReplacement(Augmenter):
