@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -66,6 +68,117 @@ def load_pool_and_test(data: Optional[Path], test: Optional[Path], pool_size: in
     pool = rng.sample(examples, pool_size) if 0 < pool_size < len(examples) else examples
     test_set = rng.sample(held_out, test_size) if 0 < test_size < len(held_out) else held_out
     return pool, test_set
+
+
+@app.command()
+def demo(
+    data: Optional[Path] = typer.Option(None, help="Corpus file or folder (CoNLL, JSONL, Label Studio JSON); default: a generated demo corpus"),
+    pool_size: int = typer.Option(600, help="Sample this many pool sentences (0: all)"),
+    test_size: int = typer.Option(300, help="Sample this many test sentences (0: all)"),
+    batch: int = typer.Option(50, min=5, help="Tasks labelled before each retraining (the project's retrain_every)"),
+    rounds: int = typer.Option(3, min=0, help="Retrainings after the first"),
+    strategy: str = typer.Option("mnlp", help="The project's query strategy"),
+    epochs: int = typer.Option(5, min=1),
+    min_steps: int = typer.Option(100, min=0, help="At least this many optimizer steps per training"),
+    label_studio: bool = typer.Option(False, "--label-studio", help="Label through a local Label Studio (installed and started for you)"),
+    keep_running: Optional[bool] = typer.Option(None, "--keep-running/--stop", help="Leave the service up at the end (default: with --label-studio)"),
+    port: int = typer.Option(0, min=0, max=65535, help="The API's port (0: a free one)"),
+    out: Path = typer.Option(Path("runs/demo"), help="Output folder: curve.png, results.json, logs, the service's NERLOOP_HOME"),
+):
+    """The whole loop through the real service: API, worker and beat as processes; simulated
+    annotators label in uncertainty order; retraining, promotion, scoring and pushes run for real."""
+    import shutil
+    import socket
+
+    import httpx
+    from rich.markup import escape
+
+    from service import demo as loop
+    from service.models import JobStatus
+
+    pool, test_set = load_pool_and_test(data, None, pool_size, test_size, 0)
+    labels = sorted({s.label for e in [*pool, *test_set] for s in e.spans})
+    if not labels:
+        fail("the corpus has no entity spans")
+    config = loop.DemoConfig(batch=batch, rounds=rounds, strategy=strategy, train_config={"epochs": epochs, "min_steps": min_steps})
+    if port == 0:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+    home = (out / "home").resolve()
+    shutil.rmtree(home, ignore_errors=True)  # each demo starts from an empty service
+    out.mkdir(parents=True, exist_ok=True)
+    ls = loop.start_label_studio(Path(__file__).resolve().parent.parent) if label_studio else None
+    secret = loop.new_secret()
+    stack = loop.Stack(loop.environment(home, port, config, ls, secret), port, out / "logs")
+    console.print(
+        f"pool [bold]{len(pool)}[/bold] · test {len(test_set)} · labels {', '.join(labels)} · strategy {strategy} · "
+        f"retrain every {batch} · service on {stack.url} (logs: {out / 'logs'})"
+    )
+    keep = label_studio if keep_running is None else keep_running
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()]
+    try:
+        stack.start()
+        with httpx.Client(base_url=stack.url, timeout=120) as api:
+            project = loop.create_project(api, labels, config, pool, with_label_studio=ls is not None)
+            if ls:
+                loop.register_webhook(ls, project["ls_project_id"], stack.url, secret)
+                desk = loop.LabelStudioDesk(*ls, project["ls_project_id"])
+            else:
+                desk = loop.NerloopDesk(api, project["id"])
+            with Progress(*columns, console=console) as progress:
+                labelled = progress.add_task("annotators labelling", total=len(pool))
+                job_bar = progress.add_task("waiting for labels", total=None)
+
+                def report(event: str, fields: dict) -> None:
+                    if event == "labelled":
+                        progress.update(labelled, completed=fields["tasks"])
+                    elif event == "progress":
+                        total = fields["progress"].get("total_steps") or fields["progress"].get("tasks")
+                        done = fields["progress"].get("step") or fields["progress"].get("scored") or 0
+                        progress.update(job_bar, total=total, completed=done, description=f"{fields['kind']} job {fields['id']} · {escape(job_summary(JobStatus(fields['status']), fields['progress']))}")
+                    elif event == "point":
+                        progress.console.print(
+                            f"  {fields['version']}: {fields['labelled_tasks']} tasks / {fields['labelled_tokens']} tokens labelled → test F1 {fields['test_f1']:.3f}"
+                        )
+
+                points = loop.run_loop(stack, api, project["id"], desk, pool, test_set, config, report)
+            models = loop.checked(api.get(f"/api/v1/projects/{project['id']}/models"))
+    except (RuntimeError, TimeoutError, httpx.HTTPError) as error:
+        stack.stop()
+        fail(escape(str(error)))
+    except BaseException:  # Ctrl-C or a bug: never leave the processes behind
+        stack.stop()
+        raise
+
+    pool_tokens = sum(len(loop.word_offsets(e.text)) for e in pool)
+    loop.plot(points, pool_tokens, out / "curve.png")
+    (out / "results.json").write_text(json.dumps({
+        "pool": len(pool), "test": len(test_set), "labels": labels, "config": config.__dict__, "pool_tokens": pool_tokens,
+        "curve": [p.__dict__ for p in points], "model_versions": models,
+    }, indent=2, default=str))
+    table = Table(title="Model versions")
+    for column in ("version", "status", "trained on", "dev F1", "test F1", "labelled tokens"):
+        table.add_column(column)
+    by_name = {p.version: p for p in points}
+    for m in models:
+        point = by_name.get(m["name"])
+        table.add_row(m["name"], m["status"], f"{m['train_size']} tasks", f"{m['dev_f1']:.3f}" if m["dev_f1"] is not None else "–",
+                      f"{point.test_f1:.3f}" if point else "–", f"{point.labelled_tokens} ({point.labelled_tokens / pool_tokens:.0%})" if point else "–")
+    console.print(table)
+    console.print(f"learning curve: {out / 'curve.png'} · numbers: {out / 'results.json'} · service state: {home}")
+    if keep:
+        where = f"Label Studio: {ls[0]} (login admin@nerloop.local / nerloop-admin), project {project['ls_project_id']}: pre-annotations in uncertainty order\n" if ls else ""
+        console.print(f"{where}dashboard: {stack.url}/dashboard · Ctrl-C stops the service")
+        try:
+            while True:
+                stack.check()
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+    else:
+        console.print(f"dashboard: NERLOOP_HOME={home} nerloop serve, then http://127.0.0.1:8000/dashboard")
+    stack.stop()
 
 
 @app.command()
@@ -384,9 +497,11 @@ def beat(loglevel: str = typer.Option("info", help="Celery log level")):
     """Run the scheduler: every NERLOOP_SWEEP_SECONDS (300) it pulls what webhooks missed and queues
     trainings where enough new labels arrived. Run one per deployment, beside the workers."""
     from service.db import init_db
+    from service.settings import get_settings
     from workers.celery_app import app as celery
 
     init_db()
+    get_settings().home.mkdir(parents=True, exist_ok=True)  # its schedule file lives there, whatever the database
     celery.start(["beat", "--loglevel", loglevel])
 
 
@@ -430,8 +545,6 @@ def augment(
 ):
     """Queue an augmentation of the project's labelled training tasks. Training uses the results once
     the project enables it: nerloop configure --project P --augment."""
-    import json
-
     from rich.markup import escape
 
     from augment import AugmentError
@@ -497,8 +610,6 @@ def configure(
 
 def follow_job(job_id: int, timeout: float = 0) -> int:
     """Show a job's progress until it ends; 0 when it succeeded, 1 when it failed, 3 on timeout."""
-    import time
-
     from rich.markup import escape
     from sqlmodel import Session
 

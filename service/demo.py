@@ -1,0 +1,292 @@
+"""``make demo``: the whole loop through the real service, with simulated annotators.
+
+The API, a Celery worker and the beat run as separate processes, exactly as deployed (embedded
+defaults: SQLite and the SQLite broker under the run's own NERLOOP_HOME). Annotators who know the
+gold labels take tasks in the order an annotator would get them and submit them one at a time:
+
+- without Label Studio, through nerloop's own labelling endpoints (``GET .../tasks/next``, the
+  order Label Studio's uncertainty sampling follows, and ``POST .../tasks/{id}/annotations``);
+- with Label Studio (``--label-studio``), through Label Studio itself: its next-task endpoint and
+  its annotation API; Label Studio's webhooks then carry every annotation to nerloop.
+
+Everything after that is production code: retraining once ``retrain_every`` tasks are labelled,
+evaluation against the active model, promotion, pool scoring, the push of predictions. The
+annotators wait for each training and scoring to finish (people are slower than this CPU), and
+the active model is scored on a held-out test set after each one: the learning curve.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import httpx
+
+from active_learning.corpus import word_offsets
+from active_learning.metrics import evaluate
+from active_learning.spans import Example, Span
+
+from .label_studio import LabelStudioClient, results_from_spans
+
+API = "/api/v1"
+PREDICT_CHUNK = 256  # texts per /predict request (the API's limit)
+
+
+@dataclass
+class DemoConfig:
+    batch: int = 50  # non-dev tasks labelled before each training (the project's retrain_every)
+    rounds: int = 3  # trainings after the first
+    strategy: str = "mnlp"
+    train_config: dict = field(default_factory=lambda: {"epochs": 5, "min_steps": 100})
+    job_timeout: float = 1800.0
+
+
+# ---- the processes ---------------------------------------------------------------------------------
+
+
+class Stack:
+    """``nerloop serve``, ``nerloop worker`` and ``nerloop beat`` as child processes sharing one
+    environment; their logs go to files in ``logs``."""
+
+    def __init__(self, env: dict[str, str], port: int, logs: Path):
+        self.env, self.port, self.logs = env, port, logs
+        self.url = f"http://127.0.0.1:{port}"
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def start(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        nerloop = [sys.executable, "-m", "service.cli"]
+        self._spawn("api", [*nerloop, "serve", "--host", "127.0.0.1", "--port", str(self.port)])
+        self.wait_until(self.healthy, 120, "the API to answer")
+        self._spawn("worker", [*nerloop, "worker", "--queues", "gpu,cpu", "--concurrency", "1"])
+        self._spawn("beat", [*nerloop, "beat"])
+
+    def _spawn(self, name: str, command: list[str]) -> None:
+        log = (self.logs / f"{name}.log").open("w")
+        self.processes[name] = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}{API}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def check(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                tail = (self.logs / f"{name}.log").read_text()[-2000:]
+                raise RuntimeError(f"nerloop {name} exited with {process.returncode}; the end of its log:\n{tail}")
+
+    def wait_until(self, condition: Callable[[], object], timeout: float, what: str, every: float = 0.5):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check()
+            value = condition()
+            if value:
+                return value
+            time.sleep(every)
+        raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)  # warm shutdown: Celery finishes or gives back its task
+        for process in self.processes.values():
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+
+
+# ---- the annotators --------------------------------------------------------------------------------
+
+
+class NerloopDesk:
+    """Annotators on nerloop's labelling endpoints."""
+
+    def __init__(self, api: httpx.Client, project_id: int):
+        self.api, self.project_id = api, project_id
+
+    def next_task(self) -> tuple[object, str] | None:
+        served = checked(self.api.get(f"{API}/projects/{self.project_id}/tasks/next"))
+        return (served[0]["id"], served[0]["text"]) if served else None
+
+    def submit(self, task_id, text: str, spans: Sequence[Span]) -> None:
+        body = {"spans": [list(s) for s in spans], "annotator": "demo-annotator"}
+        checked(self.api.post(f"{API}/projects/{self.project_id}/tasks/{task_id}/annotations", json=body))
+
+
+class LabelStudioDesk:
+    """Annotators in Label Studio: its next task (uncertainty sampling), its annotation API."""
+
+    def __init__(self, url: str, token: str, ls_project_id: int):
+        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Token {token}"}, timeout=60)
+        self.ls_project_id = ls_project_id
+
+    def next_task(self) -> tuple[object, str] | None:
+        response = self.http.get(f"/api/projects/{self.ls_project_id}/next")
+        if response.status_code == 404:  # nothing left to label
+            return None
+        task = checked(response)
+        return task["id"], task["data"]["text"]
+
+    def submit(self, task_id, text: str, spans: Sequence[Span]) -> None:
+        checked(self.http.post(f"/api/tasks/{task_id}/annotations/", json={"result": results_from_spans(text, spans)}))
+
+
+def checked(response: httpx.Response):
+    if response.status_code >= 400:
+        raise RuntimeError(f"{response.request.method} {response.request.url} answered {response.status_code}: {response.text[:500]}")
+    return response.json()
+
+
+# ---- the loop --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Point:
+    version: str
+    labelled_tasks: int
+    labelled_tokens: int
+    test_f1: float
+    dev_f1: float | None
+
+
+def train_jobs(api: httpx.Client, project_id: int) -> list[dict]:
+    return [j for j in checked(api.get(f"{API}/projects/{project_id}/jobs", params={"limit": 1000})) if j["kind"] == "train"]
+
+
+def wait_job(stack: Stack, api: httpx.Client, job_id: int, timeout: float, on_progress: Callable[[dict], None]) -> dict:
+    def finished():
+        job = checked(api.get(f"{API}/jobs/{job_id}"))
+        on_progress(job)
+        return job if job["status"] in ("succeeded", "failed") else None
+
+    job = stack.wait_until(finished, timeout, f"job {job_id}")
+    if job["status"] == "failed":
+        raise RuntimeError(f"job {job_id} ({job['kind']}) failed: {job['error']}")
+    return job
+
+
+def test_f1(api: httpx.Client, project_id: int, test_set: Sequence[Example]) -> float:
+    predicted = []
+    for start in range(0, len(test_set), PREDICT_CHUNK):
+        texts = [e.text for e in test_set[start : start + PREDICT_CHUNK]]
+        answer = checked(api.post(f"{API}/projects/{project_id}/predict", json={"texts": texts}))
+        predicted += [[Span(x["start"], x["end"], x["label"]) for x in p["entities"]] for p in answer["predictions"]]
+    return evaluate(test_set, predicted).f1
+
+
+def run_loop(
+    stack: Stack,
+    api: httpx.Client,
+    project_id: int,
+    desk,
+    pool: Sequence[Example],
+    test_set: Sequence[Example],
+    config: DemoConfig,
+    report: Callable[[str, dict], None],
+) -> list[Point]:
+    """Label until each training is queued, wait for it (and the pool scoring of a promoted version),
+    score the active model on the test set; ``report(event, fields)`` follows along."""
+    gold = {e.text: e.spans for e in pool}
+    labelled_tasks = labelled_tokens = 0
+    points: list[Point] = []
+    for round_ in range(config.rounds + 1):
+        known = {j["id"] for j in train_jobs(api, project_id)}
+        queued = None
+        while queued is None:
+            served = desk.next_task()
+            if served is None:
+                report("exhausted", {})
+                return points
+            task_id, text = served
+            desk.submit(task_id, text, gold[text])
+            labelled_tasks += 1
+            labelled_tokens += len(word_offsets(text))
+            report("labelled", {"tasks": labelled_tasks})
+            # With Label Studio the webhook arrives a moment later: a task or two more may be labelled.
+            queued = next((j for j in train_jobs(api, project_id) if j["id"] not in known), None)
+        report("training", {"job": queued["id"], "round": round_})
+        trained = wait_job(stack, api, queued["id"], config.job_timeout, lambda job: report("progress", job))
+        if trained["progress"].get("promoted"):
+            version_id = trained["progress"]["version_id"]
+            scoring = stack.wait_until(
+                lambda: next((j for j in checked(api.get(f"{API}/projects/{project_id}/jobs")) if j["kind"] == "score_pool"
+                              and j["progress"].get("version_id") == version_id), None),
+                120, "the pool scoring to be queued",
+            )
+            wait_job(stack, api, scoring["id"], config.job_timeout, lambda job: report("progress", job))
+        models = checked(api.get(f"{API}/projects/{project_id}/models"))
+        active = next(m for m in models if m["status"] == "active")
+        point = Point(active["name"], labelled_tasks, labelled_tokens, test_f1(api, project_id, test_set), active["dev_f1"])
+        points.append(point)
+        report("point", point.__dict__)
+    return points
+
+
+def start_label_studio(repo: Path) -> tuple[str, str]:
+    """``scripts/labelstudio.sh start``: installs Label Studio on first use; returns (url, token)."""
+    done = subprocess.run([str(repo / "scripts" / "labelstudio.sh"), "start"], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"scripts/labelstudio.sh start failed: {done.stderr[-2000:]}")
+    values = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    return values["LABEL_STUDIO_URL"], values["LABEL_STUDIO_API_KEY"]
+
+
+def environment(home: Path, port: int, config: DemoConfig, label_studio: tuple[str, str] | None, secret: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NERLOOP_")}
+    env.update(
+        NERLOOP_HOME=str(home),
+        NERLOOP_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        NERLOOP_TRAIN_CONFIG=json.dumps(config.train_config),
+        NERLOOP_WEBHOOK_SECRET=secret,
+        PYTHONUNBUFFERED="1",
+    )
+    if label_studio:
+        env.update(NERLOOP_LABEL_STUDIO_URL=label_studio[0], NERLOOP_LABEL_STUDIO_API_KEY=label_studio[1])
+    return env
+
+
+def create_project(api: httpx.Client, labels: Sequence[str], config: DemoConfig, pool: Sequence[Example], with_label_studio: bool) -> dict:
+    project = checked(api.post(f"{API}/projects", json={"name": "demo", "labels": list(labels), "create_in_label_studio": with_label_studio}))
+    checked(api.patch(f"{API}/projects/{project['id']}", json={"strategy": config.strategy, "retrain_every": config.batch}))
+    imported = checked(api.post(f"{API}/projects/{project['id']}/tasks", json={"tasks": [{"text": e.text} for e in pool]}))
+    project["imported"] = imported["created"]
+    return project
+
+
+def register_webhook(label_studio: tuple[str, str], ls_project_id: int, public_url: str, secret: str) -> None:
+    LabelStudioClient(*label_studio).register_webhook(ls_project_id, public_url + f"{API}/webhooks/label-studio", secret)
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def plot(points: Sequence[Point], full_pool_tokens: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.2))
+    axis.plot([p.labelled_tokens for p in points], [p.test_f1 for p in points], marker="o", color="tab:blue")
+    for p in points:
+        axis.annotate(p.version, (p.labelled_tokens, p.test_f1), textcoords="offset points", xytext=(4, -12), fontsize=8)
+    axis.set_xlabel(f"labelled tokens (pool: {full_pool_tokens:,})")
+    axis.set_ylabel("test F1 (active model)")
+    axis.set_title("nerloop demo: the active model after each retraining")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
