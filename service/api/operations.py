@@ -148,15 +148,16 @@ def import_examples(
 
 def next_tasks(session: Session, project: Project, limit: int) -> list[NextTask]:
     """The pool tasks to label next, in the order Label Studio's uncertainty sampling serves them: the
-    lowest score of the active version first; tasks it has not scored after, in content-hash order
-    (a fixed pseudo-random order, so a cold start samples the pool evenly)."""
+    lowest score of the active version first; tasks it has not scored after, in an order fixed by
+    their content hash (pseudo-random, so a cold start samples the pool evenly)."""
     version = active_version(session, project.id)
     version_id = version.id if version is not None else -1
     rows = session.exec(
         select(Task, Prediction)
         .outerjoin(Prediction, (Prediction.task_id == Task.id) & (Prediction.model_version_id == version_id))
         .where(Task.project_id == project.id, Task.state == TaskState.pool)
-        .order_by(Prediction.score.is_(None), Prediction.score, Task.content_hash)
+        # The hash's second half: its first half decides dev membership, and must not decide the order.
+        .order_by(Prediction.score.is_(None), Prediction.score, func.substr(Task.content_hash, 33))
         .limit(limit)
     ).all()
     out = []
