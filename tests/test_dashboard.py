@@ -53,10 +53,11 @@ JOBS = [
 ]
 
 
-def dev_metrics(f1: float, per_type: dict[str, float], decision: str) -> dict:
+def dev_metrics(f1: float, per_type: dict[str, float], decision: str, train_tokens: int) -> dict:
     """What workers/retrain.py stores in ModelVersion.metrics (the parts the dashboard reads)."""
     return {
         "dev_size": 1,
+        "train_tokens": train_tokens,
         "dev": {
             "precision": f1,
             "recall": f1,
@@ -86,9 +87,9 @@ def seed(url: str) -> int:
         session.add(Task(project_id=other.id, text="Ivy.", content_hash=sync.content_hash("Ivy.")))
         session.add_all([
             ModelVersion(project_id=project.id, name="v1", path="/models/v1", status=ModelStatus.retired, dev_f1=0.5, train_size=2,
-                         metrics=dev_metrics(0.5, {"PER": 0.6, "LOC": 0.4}, "no active version"), created_at=T0),
+                         metrics=dev_metrics(0.5, {"PER": 0.6, "LOC": 0.4}, "no active version", 14), created_at=T0),
             ModelVersion(project_id=project.id, name="v2", path="/models/v2", status=ModelStatus.active, dev_f1=0.8, train_size=3,
-                         metrics=dev_metrics(0.8, {"PER": 0.9, "LOC": 0.7}, "dev F1 0.8000 >= active 0.5000"), created_at=T0 + timedelta(hours=1)),
+                         metrics=dev_metrics(0.8, {"PER": 0.9, "LOC": 0.7}, "dev F1 0.8000 >= active 0.5000", 21), created_at=T0 + timedelta(hours=1)),
         ])
         for n, (kind, status, seconds, progress, error) in enumerate(JOBS):
             created = T0 + timedelta(minutes=10 * n)
@@ -143,8 +144,8 @@ def test_dashboard_json(api):
     assert data["labels"] == {"PER": 5, "LOC": 3, "ORG": 0}
     assert data["active_model"] == "v2"
     assert data["learning_curve"] == [
-        {"version": "v1", "train_size": 2, "dev_f1": 0.5},
-        {"version": "v2", "train_size": 3, "dev_f1": 0.8},
+        {"version": "v1", "train_size": 2, "train_tokens": 14, "dev_f1": 0.5},
+        {"version": "v2", "train_size": 3, "train_tokens": 21, "dev_f1": 0.8},
     ]
 
     v1, v2 = data["model_versions"]

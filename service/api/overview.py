@@ -33,6 +33,7 @@ class VersionSummary(BaseModel):
     status: ModelStatus
     active: bool
     train_size: int = Field(description="Labelled training tasks (dev set excluded) the version was trained on")
+    train_tokens: int | None = Field(description="Their words; None for versions trained before it was recorded")
     dev_size: int | None = Field(description="Labelled dev tasks it was scored on")
     dev_f1: float | None
     per_type: dict[str, TypeScores] = Field(description="Dev precision, recall, F1 and support per entity type")
@@ -43,6 +44,7 @@ class VersionSummary(BaseModel):
 class CurvePoint(BaseModel):
     version: str
     train_size: int
+    train_tokens: int | None
     dev_f1: float
 
 
@@ -93,7 +95,9 @@ def dashboard(session: Session, project: Project) -> Dashboard:
         labels=report.labels,
         active_model=report.active_model,
         learning_curve=[
-            CurvePoint(version=v.name, train_size=v.train_size, dev_f1=v.dev_f1) for v in versions if v.dev_f1 is not None
+            CurvePoint(version=v.name, train_size=v.train_size, train_tokens=v.train_tokens, dev_f1=v.dev_f1)
+            for v in versions
+            if v.dev_f1 is not None
         ],
         model_versions=versions,
         jobs=[job_summary(job) for job in newest_jobs],
@@ -109,6 +113,7 @@ def version_summary(version: ModelVersion) -> VersionSummary:
         status=version.status,
         active=version.status == ModelStatus.active,
         train_size=version.train_size,
+        train_tokens=version.metrics.get("train_tokens"),
         dev_size=version.metrics.get("dev_size"),
         dev_f1=version.dev_f1,
         per_type=dev.get("per_type") or {},
