@@ -304,9 +304,13 @@ def serve(
     """Serve the REST API (/api/v1, docs at /docs) and the Label Studio ML backend (/ml) in one server."""
     import uvicorn
 
+    from service import logs
     from service.api import create_app
+    from service.settings import get_settings
 
-    uvicorn.run(create_app(), host=host, port=port, log_level=log_level)
+    logs.configure(get_settings().log_format, log_level.upper())
+    # log_config=None: uvicorn's loggers go through the root logger, in NERLOOP_LOG_FORMAT.
+    uvicorn.run(create_app(), host=host, port=port, log_level=log_level, log_config=None)
 
 
 def _project_or_fail(session, project_id: int):

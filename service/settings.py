@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     broker_url: str = ""  # default: sqla+sqlite:///<home>/broker.db (no server needed)
     result_backend: str = ""  # default: db+sqlite:///<home>/results.db
     dev_share: float = 0.2  # hash-chosen share of labelled tasks kept as the dev set
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, with project_id and job_id
 
     # ---- workers ----
     # TrainConfig fields for every training, as JSON: NERLOOP_TRAIN_CONFIG='{"epochs": 5}'. A

@@ -154,6 +154,7 @@ def make_deployment(tmp: Path, tiny_encoder: Path, broker: str, backend: str, re
         "NERLOOP_JOB_STALE_SECONDS": "30",
         "NERLOOP_JOB_MAX_ATTEMPTS": "2",
         "NERLOOP_JOB_WAIT_SECONDS": "1",
+        "NERLOOP_LOG_FORMAT": "json",
         **extra,
     }
     settings = settings_from(env)
@@ -495,6 +496,15 @@ def test_training_registers_promotes_scores_and_pushes(redis_deployment, redis_w
         project == 7 and body.get("model_version") == "v1" and body.get("sampling") == "Uncertainty sampling"
         for project, body in label_studio_recorder.updates
     )
+
+
+def test_worker_logs_are_json_lines_naming_the_project_and_job(redis_worker, trained_project):
+    project_id, job = trained_project
+    records = [json.loads(line) for line in redis_worker.log.read_text().splitlines() if line.startswith("{")]
+    mine = [r for r in records if r.get("job_id") == job.id]
+    assert mine and all(r["project_id"] == project_id and r["task"] == "nerloop.train" for r in mine)
+    assert any("promoted v1" in r["message"] for r in mine)
+    assert {"time", "level", "logger", "message"} <= set(mine[0])
 
 
 def test_an_equal_model_is_promoted_and_a_worse_one_is_not(redis_deployment, redis_worker, trained_project):

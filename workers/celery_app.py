@@ -24,10 +24,13 @@ from collections import OrderedDict
 from datetime import timedelta
 from pathlib import Path
 
-from celery import Celery
+import inspect
+
+from celery import Celery, signals
 from celery.result import AsyncResult
 from kombu import Exchange, Queue
 
+from service import logs
 from service.settings import Settings, get_settings
 
 GPU = "gpu"
@@ -120,3 +123,31 @@ def enqueue(
     make_sqlite_folders(target)
     routing = {"queue": queue} if queue else {}  # else task_routes decide, by name
     return target.send_task(name, args=args, kwargs=kwargs, task_id=task_id, **routing)
+
+
+# ---- logs: every record of a task carries its project and job (service.logs) ---------------------
+
+_bindings: dict[str, object] = {}
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _log_format(logger, **_) -> None:
+    for handler in logger.handlers:
+        logs.install(handler, get_settings().log_format)
+
+
+@signals.task_prerun.connect
+def _bind_task(task_id, task, args=(), kwargs=None, **_) -> None:
+    try:
+        arguments = inspect.signature(task.run).bind_partial(*args, **(kwargs or {})).arguments
+    except TypeError:
+        arguments = {}
+    _bindings[task_id] = logs.bind(task=task.name, project_id=arguments.get("project_id"), job_id=arguments.get("job_id"))
+
+
+@signals.task_postrun.connect
+def _unbind_task(task_id, **_) -> None:
+    token = _bindings.pop(task_id, None)
+    if token is not None:
+        logs.unbind(token)

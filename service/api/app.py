@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, FastAPI
+import re
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+
+from .. import logs
 
 from ..db import init_db
 from ..predictor import Predictor
@@ -12,6 +16,7 @@ from .errors import install_error_handlers
 from .routes import annotations, dashboard, health, jobs, metrics, ml, models, predictions, projects, tasks, webhooks
 from .telemetry import RequestMetrics, registry_for
 
+PROJECT_IN_PATH = re.compile(r"/projects/(\d+)")
 API_PREFIX = "/api/v1"
 ML_PREFIX = "/ml"
 
@@ -36,6 +41,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.state.metrics = registry_for(app.state.engine)
     app.add_middleware(RequestMetrics, registry=app.state.metrics)
+
+    @app.middleware("http")
+    async def bind_project(request: Request, call_next):
+        """Log records made while serving a project's path carry its id."""
+        found = PROJECT_IN_PATH.search(request.url.path)
+        with logs.bound(project_id=int(found.group(1)) if found else None):
+            return await call_next(request)
 
     protected = APIRouter(dependencies=[Depends(require_token)])
     for module in (projects, tasks, annotations, models, predictions, jobs, dashboard):
