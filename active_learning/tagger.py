@@ -10,7 +10,6 @@ is trained on, and each word is predicted from the window where it sits most cen
 from __future__ import annotations
 
 import json
-import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -597,24 +597,3 @@ def test_the_package_built_from_the_image_context_holds_every_source_file(tmp_pa
     missing = expected - names
     assert not missing, f"the image's package lacks {sorted(missing)}: add them to [tool.setuptools.package-data]"
     assert re.search(r"^nerloop = service\.cli:app$", entry_points, re.M)
-
-
-# ---- docker compose itself, where it is installed ------------------------------------------------
-
-
-def docker_compose_available() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    return subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=60).returncode == 0
-
-
-@pytest.mark.skipif(not docker_compose_available(), reason="the docker CLI's compose plugin is not installed")
-def test_docker_compose_config_accepts_the_file(tmp_path):
-    for path in (COMPOSE, DOCKERFILE, DOCKERIGNORE):
-        shutil.copy2(path, tmp_path / path.name)
-    (tmp_path / ".env").write_text("".join(f"{key}={value}\n" for key, value in filled_env_example().items()))
-    result = subprocess.run(
-        ["docker", "compose", "-f", str(tmp_path / COMPOSE.name), "config", "--quiet"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr

@@ -98,7 +98,7 @@ def test_label_studio_to_trained_model_to_ordered_predictions_and_back(stack, la
         tasks = []
         page = 1
         while True:
-            answer = http.get(f"/api/tasks", params={"project": project["ls_project_id"], "page": page, "page_size": 100, "fields": "all"})
+            answer = http.get("/api/tasks", params={"project": project["ls_project_id"], "page": page, "page_size": 100, "fields": "all"})
             if answer.status_code == 404:
                 break
             batch = answer.json()["tasks"]
