@@ -13,9 +13,7 @@ from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Sequence
-
-from active_learning.spans import Example
+from typing import Callable
 
 from . import wordnet
 from .base import Augmenter, Candidate

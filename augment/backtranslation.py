@@ -30,7 +30,7 @@ class Translator:
 
         out: list[list[str]] = [[] for _ in texts]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths pad less
-        options = {"max_new_tokens": params["max_length"], "num_return_sequences": n}
+        options = {"max_length": params["max_length"], "num_return_sequences": n}  # decoder tokens
         if params["sampling"]:
             options.update(do_sample=True, top_p=params["top_p"], temperature=params["temperature"], num_beams=1)
         else:

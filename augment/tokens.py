@@ -41,7 +41,7 @@ class Tokens:
     def render(self) -> tuple[str, list[Span]]:
         """The text and its spans: consecutive words of one mention make one span."""
         text, spans, current = self.lead, [], None
-        for i, word in enumerate(self.words):
+        for word in self.words:
             start = len(text)
             text += word.text
             if word.entity is not None and current is not None and current[3] == word.entity:
