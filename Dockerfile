@@ -14,6 +14,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     NERLOOP_HOME=/var/lib/nerloop
 
+# WordNet for synonym augmentation (augment/wordnet.py reads Debian's files).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends wordnet-base wordnet-sense-index \
+    && rm -rf /var/lib/apt/lists/*
+
 # Its own layer, before the sources: a code change does not download PyTorch again. The pin is
 # pyproject's, so `pip install .` below keeps this build instead of replacing it with PyPI's.
 RUN pip install torch==2.13.0 --index-url "${TORCH_INDEX_URL}"
