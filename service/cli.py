@@ -88,7 +88,9 @@ def demo(
     """The whole loop through the real service: API, worker and beat as processes; simulated
     annotators label in uncertainty order; retraining, promotion, scoring and pushes run for real."""
     import shutil
+    import signal
     import socket
+    import sys
 
     import httpx
     from rich.markup import escape
@@ -116,6 +118,12 @@ def demo(
         f"retrain every {batch} · service on {stack.url} (logs: {out / 'logs'})"
     )
     keep = label_studio if keep_running is None else keep_running
+    # A SIGTERM (timeout, kill) must stop the service's processes too: they run in sessions of their own.
+    def terminated(*_):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not interrupt the cleanup
+        sys.exit(143)
+
+    signal.signal(signal.SIGTERM, terminated)
     columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()]
     try:
         stack.start()
@@ -493,6 +501,7 @@ def worker(
     from workers.celery_app import app as celery
 
     init_db()
+    celery.conf.worker_concurrency = concurrency  # pool processes split the cores between them (NERLOOP_TORCH_THREADS)
     celery.worker_main(["worker", "--queues", ",".join(chosen), "--concurrency", str(concurrency), "--pool", pool, "--loglevel", loglevel])
 
 

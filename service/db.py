@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -28,6 +29,16 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")  # API, worker and CLI share the file
     cursor.close()
+
+
+def _forget_parent_connections() -> None:
+    """A forked child (Celery's prefork pool) must not share its parent's pooled connections: two
+    processes talking over one PostgreSQL connection corrupt each other's transactions."""
+    for engine in _engines.values():
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_parent_connections)
 
 
 def get_engine(url: str | None = None) -> Engine:

@@ -95,13 +95,16 @@ class Stack:
             time.sleep(every)
         raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL to each process group after ``grace`` seconds: a worker in the middle
+        of a training would otherwise finish it first (its task is acknowledged late, so nothing is lost)."""
         for process in self.processes.values():
             if process.poll() is None:
-                process.send_signal(signal.SIGTERM)  # warm shutdown: Celery finishes or gives back its task
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
         for process in self.processes.values():
             try:
-                process.wait(30)
+                process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(10)

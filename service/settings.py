@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     # ``config`` keyword given to the ``nerloop.train`` task overrides it again, field by field.
     train_config: dict[str, Any] = {}
     score_shard_size: int = 256  # pool tasks per scoring shard
+    # PyTorch threads per worker process; 0: the machine's cores divided by the worker's concurrency
+    # (on a CPU, processes scale better than threads: two 1-thread processes beat one 2-thread one).
+    torch_threads: int = 0
     # A running job writes its progress, and so proves it is alive, every heartbeat; one silent for
     # job_stale_seconds (or whose process is gone, on the same host) is taken over.
     job_heartbeat_seconds: float = 5.0

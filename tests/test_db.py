@@ -324,3 +324,25 @@ def test_alembic_command_line(tmp_path):
     assert f"{head()} (head)" in current
     assert table_names(url) == set(SQLModel.metadata.tables) | {"alembic_version"}
     get_engine(url).dispose()
+
+
+def test_a_forked_process_opens_its_own_connections(postgres_database):
+    """Celery's prefork pool forks after the parent connected: the child must not reuse the parent's
+    pooled connection (two processes on one PostgreSQL session corrupt each other's transactions)."""
+    engine = get_engine(postgres_database)
+    with engine.connect() as connection:  # leaves one idle connection in the pool
+        parent = connection.execute(text("SELECT pg_backend_pid()")).scalar()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (runs in the child)
+        try:
+            with get_engine(postgres_database).connect() as connection:
+                os.write(write, str(connection.execute(text("SELECT pg_backend_pid()")).scalar()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 64).decode()
+    os.waitpid(child, 0)
+    with engine.connect() as connection:  # the parent's connection still works
+        assert connection.execute(text("SELECT pg_backend_pid()")).scalar() == parent
+    assert answer and int(answer) != parent

@@ -25,6 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import inspect
+import os
 
 from celery import Celery, signals
 from celery.result import AsyncResult
@@ -123,6 +124,21 @@ def enqueue(
     make_sqlite_folders(target)
     routing = {"queue": queue} if queue else {}  # else task_routes decide, by name
     return target.send_task(name, args=args, kwargs=kwargs, task_id=task_id, **routing)
+
+
+# ---- pool processes: their share of the cores -----------------------------------------------------
+
+
+@signals.worker_process_init.connect
+def _torch_threads(**_) -> None:
+    threads = get_settings().torch_threads
+    concurrency = app.conf.worker_concurrency  # set by `nerloop worker --concurrency`
+    if not threads and concurrency:
+        threads = max(1, len(os.sched_getaffinity(0)) // concurrency)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 # ---- logs: every record of a task carries its project and job (service.logs) ---------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
+from sqlalchemy import func
 from sqlmodel import select
 
 from service.db import session_scope
@@ -25,7 +26,13 @@ log = logging.getLogger(__name__)
 def pool_task_ids(project_id: int) -> list[int]:
     with session_scope() as session:
         return list(
-            session.exec(select(Task.id).where(Task.project_id == project_id, Task.state == TaskState.pool).order_by(Task.id))
+            # By length: shards (and the tagger's batches within them) hold texts of similar length,
+            # so little of each batch is padding (measured: 1.25x faster scoring, bench/scoring.py).
+            session.exec(
+                select(Task.id)
+                .where(Task.project_id == project_id, Task.state == TaskState.pool)
+                .order_by(func.length(Task.text), Task.id)
+            )
         )
 
 
