@@ -80,6 +80,8 @@ def demo(
     strategy: str = typer.Option("mnlp", help="The project's query strategy"),
     epochs: int = typer.Option(5, min=1),
     min_steps: int = typer.Option(100, min=0, help="At least this many optimizer steps per training"),
+    train_config: Optional[str] = typer.Option(None, help='TrainConfig fields as JSON, e.g. \'{"learning_rate": 3e-3}\' (over --epochs/--min-steps)'),
+    base_model: str = typer.Option("", help="Hugging Face model directory or id; default: all-MiniLM-L6-v2 (offline)"),
     label_studio: bool = typer.Option(False, "--label-studio", help="Label through a local Label Studio (installed and started for you)"),
     keep_running: Optional[bool] = typer.Option(None, "--keep-running/--stop", help="Leave the service up at the end (default: with --label-studio)"),
     port: int = typer.Option(0, min=0, max=65535, help="The API's port (0: a free one)"),
@@ -102,7 +104,18 @@ def demo(
     labels = sorted({s.label for e in [*pool, *test_set] for s in e.spans})
     if not labels:
         fail("the corpus has no entity spans")
-    config = loop.DemoConfig(batch=batch, rounds=rounds, strategy=strategy, train_config={"epochs": epochs, "min_steps": min_steps})
+    from active_learning.strategies import STRATEGIES
+    from active_learning.training import TrainConfig
+
+    if strategy not in STRATEGIES:
+        fail(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    training = {"epochs": epochs, "min_steps": min_steps}
+    try:
+        training.update(json.loads(train_config or "{}"))
+        TrainConfig(**training)
+    except (ValueError, TypeError) as error:
+        fail(f"--train-config: {escape(str(error))}")
+    config = loop.DemoConfig(batch=batch, rounds=rounds, strategy=strategy, train_config=training, base_model=base_model)
     if port == 0:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -159,21 +172,7 @@ def demo(
         stack.stop()
         raise
 
-    pool_tokens = sum(len(loop.word_offsets(e.text)) for e in pool)
-    loop.plot(points, pool_tokens, out / "curve.png")
-    (out / "results.json").write_text(json.dumps({
-        "pool": len(pool), "test": len(test_set), "labels": labels, "config": config.__dict__, "pool_tokens": pool_tokens,
-        "curve": [p.__dict__ for p in points], "model_versions": models,
-    }, indent=2, default=str))
-    table = Table(title="Model versions")
-    for column in ("version", "status", "trained on", "dev F1", "test F1", "labelled tokens"):
-        table.add_column(column)
-    by_name = {p.version: p for p in points}
-    for m in models:
-        point = by_name.get(m["name"])
-        table.add_row(m["name"], m["status"], f"{m['train_size']} tasks", f"{m['dev_f1']:.3f}" if m["dev_f1"] is not None else "–",
-                      f"{point.test_f1:.3f}" if point else "–", f"{point.labelled_tokens} ({point.labelled_tokens / pool_tokens:.0%})" if point else "–")
-    console.print(table)
+    console.print(loop.write_results(out, points, models, pool, test_set, labels, config))
     console.print(f"learning curve: {out / 'curve.png'} · numbers: {out / 'results.json'} · service state: {home}")
     if keep:
         where = f"Label Studio: {ls[0]} (login admin@nerloop.local / nerloop-admin), project {project['ls_project_id']}: pre-annotations in uncertainty order\n" if ls else ""
@@ -185,7 +184,7 @@ def demo(
         except KeyboardInterrupt:
             pass
     else:
-        console.print(f"dashboard: NERLOOP_HOME={home} nerloop serve, then http://127.0.0.1:8000/dashboard")
+        console.print(f"dashboard: NERLOOP_HOME={home} .venv/bin/nerloop serve, then http://127.0.0.1:8000/dashboard")
     stack.stop()
 
 

@@ -46,6 +46,7 @@ class DemoConfig:
     rounds: int = 3  # trainings after the first
     strategy: str = "mnlp"
     train_config: dict = field(default_factory=lambda: {"epochs": 5, "min_steps": 100})
+    base_model: str = ""  # default: all-MiniLM-L6-v2
     job_timeout: float = 1800.0
 
 
@@ -252,6 +253,7 @@ def environment(home: Path, port: int, config: DemoConfig, label_studio: tuple[s
         NERLOOP_HOME=str(home),
         NERLOOP_PUBLIC_URL=f"http://127.0.0.1:{port}",
         NERLOOP_TRAIN_CONFIG=json.dumps(config.train_config),
+        NERLOOP_BASE_MODEL=config.base_model,
         NERLOOP_WEBHOOK_SECRET=secret,
         PYTHONUNBUFFERED="1",
     )
@@ -293,3 +295,29 @@ def plot(points: Sequence[Point], full_pool_tokens: int, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def write_results(out: Path, points: Sequence[Point], models: list[dict], pool: Sequence[Example], test_set: Sequence[Example],
+                  labels: Sequence[str], config: DemoConfig):
+    """``curve.png`` and ``results.json`` in ``out``; returns the model versions as a rich table."""
+    from rich.table import Table
+
+    pool_tokens = sum(len(word_offsets(e.text)) for e in pool)
+    plot(points, pool_tokens, out / "curve.png")
+    document = {
+        "pool": len(pool), "test": len(test_set), "labels": list(labels), "config": config.__dict__, "pool_tokens": pool_tokens,
+        "curve": [p.__dict__ for p in points], "model_versions": models,
+    }
+    (out / "results.json").write_text(json.dumps(document, indent=2, default=str))
+    table = Table(title="Model versions")
+    for column in ("version", "status", "trained on", "dev F1", "test F1", "labelled tokens"):
+        table.add_column(column)
+    last_point = {p.version: p for p in points}
+    for m in models:
+        point = last_point.get(m["name"])
+        table.add_row(
+            m["name"], m["status"], f"{m['train_size']} tasks", f"{m['dev_f1']:.3f}" if m["dev_f1"] is not None else "–",
+            f"{point.test_f1:.3f}" if point else "–",
+            f"{point.labelled_tokens} ({point.labelled_tokens / pool_tokens:.0%})" if point else "–",
+        )
+    return table
