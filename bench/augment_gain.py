@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,7 +73,6 @@ def plot(document: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     sizes = document["sizes"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -104,8 +104,10 @@ def summarise(runs: list[dict]) -> dict:
             gains = [r["f1"] - base[r["seed"]] for r in runs if r["variant"] == variant and r["size"] == size and r["seed"] in base]
             if f1:
                 summary.setdefault(variant, {})[str(size)] = {
-                    "f1_mean": sum(f1) / len(f1),
-                    "gain_vs_baseline_mean": sum(gains) / len(gains) if gains else None,
+                    "f1_mean": float(np.mean(f1)),
+                    "f1_std": float(np.std(f1)),
+                    "gain_vs_baseline_mean": float(np.mean(gains)) if gains else None,
+                    "gain_vs_baseline_std": float(np.std(gains)) if gains else None,
                     "seeds": len(f1),
                 }
     return summary
@@ -146,10 +148,13 @@ def main() -> None:
     parser.add_argument("--test-size", type=int, default=500)
     parser.add_argument("--jobs", type=int, default=2, help="training processes, one torch thread each")
     parser.add_argument("--out", default=str(RESULTS / "augment_gain.json"))
-    parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON at --out")
+    parser.add_argument("--replot", action="store_true", help="only recompute the summary and redraw the PNG from --out")
     args = parser.parse_args()
-    if args.replot:
-        plot(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png"))
+    if args.replot:  # also refreshes the summary from the runs
+        document = json.loads(Path(args.out).read_text())
+        document["summary"] = summarise(document["runs"])
+        Path(args.out).write_text(json.dumps(document, indent=2))
+        plot(document, Path(args.out).with_suffix(".png"))
         return
     seeds = [int(s) for s in args.seeds.split(",")]
     sizes = [int(s) for s in args.sizes.split(",")]
