@@ -42,7 +42,6 @@ class Project(SQLModel, table=True):
     to_name: str = "text"  # the Text tag's name
     text_key: str = "text"  # the task data key the Text tag reads ($text)
     strategy: str = "mnlp"
-    batch_size: int = 50
     retrain_every: int = 20  # new accepted annotations that trigger a retraining
     augment: bool = False
     augment_ratio: float = 0.5  # augmented examples per real one, at most

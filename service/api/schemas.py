@@ -86,7 +86,6 @@ class ProjectRead(BaseModel):
     to_name: str
     text_key: str
     strategy: str
-    batch_size: int
     retrain_every: int
     augment: bool
     augment_ratio: float
