@@ -22,13 +22,13 @@ from active_learning.metrics import Scores, evaluate
 from active_learning.spans import Example
 from active_learning.tagger import Prediction, Tagger, default_base_model
 from active_learning.training import EpochLog, TrainConfig, train
+from service import jobs as job_requests
 from service.augmentation import training_examples
 from service.db import session_scope
 from service.models import Annotation, ModelStatus, ModelVersion, Project, Task
-from service import jobs as job_requests
 from service.predictor import predict_with
-from service.versions import activate, active_version
 from service.settings import get_settings
+from service.versions import activate, active_version
 
 from . import store
 from .jobs import JobRun

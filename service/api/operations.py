@@ -194,8 +194,11 @@ def annotate(session: Session, project: Project, task_id: int, body: AnnotationI
     except jobs.EnqueueError as error:  # the annotation stands; the beat's sweep queues the training later
         logger.error("project %s: training not queued: %s", project.id, error)
     session.refresh(annotation)
-    return AnnotationRead(text=task.text, **annotation.model_dump(exclude={"spans"}), spans=list(annotation.spans))
+    return annotation_read(annotation, task.text)
 
+
+def annotation_read(annotation: Annotation, text: str) -> AnnotationRead:
+    return AnnotationRead(text=text, **annotation.model_dump(exclude={"spans"}), spans=list(annotation.spans))
 
 
 def list_annotations(session: Session, project: Project, accepted_only: bool, limit: int, offset: int) -> list[AnnotationRead]:
@@ -203,7 +206,7 @@ def list_annotations(session: Session, project: Project, accepted_only: bool, li
     if accepted_only:
         statement = statement.where(Annotation.accepted == True)  # noqa: E712 (SQL, not Python)
     rows = session.exec(statement.order_by(Annotation.id).offset(offset).limit(limit)).all()
-    return [AnnotationRead(text=text, **annotation.model_dump(exclude={"spans"}), spans=list(annotation.spans)) for annotation, text in rows]
+    return [annotation_read(annotation, text) for annotation, text in rows]
 
 
 def export_annotations(session: Session, project: Project, format: str) -> str:
