@@ -13,6 +13,6 @@ checks, deduplication and provenance as ``run``.
 
 from .augmenters import ContextAugmenter
 from .base import AugmentError, Augmenter
-from .pipeline import AUGMENTERS, METHODS, Report, apply, faithful, run
+from .pipeline import AUGMENTERS, METHODS, Report, apply, check, faithful, run
 
-__all__ = ["AUGMENTERS", "METHODS", "AugmentError", "Augmenter", "ContextAugmenter", "Report", "apply", "faithful", "run"]
+__all__ = ["AUGMENTERS", "METHODS", "AugmentError", "Augmenter", "ContextAugmenter", "Report", "apply", "check", "faithful", "run"]

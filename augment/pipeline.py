@@ -103,13 +103,19 @@ def run(
     ``labelled`` is the project's labelled set: replacement mentions and token distributions come
     from it (and the sources), and outputs equal to one of its texts are duplicates.
     """
+    checked = check(method, n, params)
+    sources = list(sources)
+    augmenter = AUGMENTERS[method](checked, [*labelled, *sources])
+    return apply(augmenter, sources, n=n, seed=seed, labelled=labelled, on_progress=on_progress)
+
+
+def check(method: str, n: int, params: dict | None) -> dict:
+    """The method's parameters with defaults filled in; ``AugmentError`` names a bad field. Loads no
+    model, so a service can refuse a bad request before queueing it."""
     if method not in AUGMENTERS:
         raise AugmentError(f"method: unknown augmentation method {method!r}; known: {sorted(AUGMENTERS)}")
     _check_n(n)
-    cls = AUGMENTERS[method]
-    checked = cls.check(params)
-    sources = list(sources)
-    return apply(cls(checked, [*labelled, *sources]), sources, n=n, seed=seed, labelled=labelled, on_progress=on_progress)
+    return AUGMENTERS[method].check(params)
 
 
 def apply(

@@ -16,20 +16,11 @@ from typing import Sequence
 from sqlmodel import Session, select
 
 from active_learning.spans import Example
-from augment import AUGMENTERS, METHODS, AugmentError
+from augment import METHODS, check
 
 from . import jobs, sync
 from .models import Annotation, AugmentedExample, Job, Project, Task
 from .settings import Settings
-
-
-def check_request(method: str, n: int, params: dict | None) -> dict:
-    """The method's parameters with defaults filled in; ``AugmentError`` names a bad field. Loads no model."""
-    if method not in AUGMENTERS:
-        raise AugmentError(f"method: unknown augmentation method {method!r}; known: {', '.join(sorted(AUGMENTERS))}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise AugmentError(f"n: must be a positive integer, got {n!r}")
-    return AUGMENTERS[method].check(params)
 
 
 def request_augmentation(
@@ -37,8 +28,8 @@ def request_augmentation(
     settings: Settings | None = None,
 ) -> Job:
     """Queue an augmentation job on its method's queue (back-translation on ``gpu``, the rest on ``cpu``).
-    Raises ``AugmentError`` for a bad request and ``jobs.EnqueueError`` when the broker refuses."""
-    checked = check_request(method, n, params)
+    Raises ``augment.AugmentError`` for a bad request and ``jobs.EnqueueError`` when the broker refuses."""
+    checked = check(method, n, params)
     return jobs.request(
         session, project.id, "augment", coalesce=False, queue=METHODS[method], settings=settings,
         method=method, n=n, seed=seed, params=checked,
