@@ -181,7 +181,7 @@ def wait_job(stack: Stack, api: httpx.Client, job_id: int, timeout: float, on_pr
     return job
 
 
-def test_f1(api: httpx.Client, project_id: int, test_set: Sequence[Example]) -> float:
+def f1_on(api: httpx.Client, project_id: int, test_set: Sequence[Example]) -> float:
     predicted = []
     for start in range(0, len(test_set), PREDICT_CHUNK):
         texts = [e.text for e in test_set[start : start + PREDICT_CHUNK]]
@@ -232,7 +232,7 @@ def run_loop(
             wait_job(stack, api, scoring["id"], config.job_timeout, lambda job: report("progress", job))
         models = checked(api.get(f"{API}/projects/{project_id}/models"))
         active = next(m for m in models if m["status"] == "active")
-        point = Point(active["name"], labelled_tasks, labelled_tokens, test_f1(api, project_id, test_set), active["dev_f1"])
+        point = Point(active["name"], labelled_tasks, labelled_tokens, f1_on(api, project_id, test_set), active["dev_f1"])
         points.append(point)
         report("point", point.__dict__)
     return points
