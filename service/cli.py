@@ -528,19 +528,28 @@ def train(
 
     from service.api.errors import ApiError
     from service.api.operations import request_training
+
+    def queue(session, target, settings):
+        try:
+            return request_training(session, target.id, settings)
+        except ApiError as error:
+            fail(escape(str(error)))
+
+    _queue_and_follow(project, "training", queue, wait, timeout)
+
+
+def _queue_and_follow(project_id: int, what: str, queue, wait: bool, timeout: float) -> None:
+    """Queue a job with ``queue(session, project, settings)`` (which fails with a message on bad
+    input), print its id, and with ``wait`` follow it to the end (the exit status is the job's)."""
     from service.db import init_db, session_scope
     from service.settings import get_settings
 
     settings = get_settings()
     init_db(settings.database_url)
     with session_scope(settings.database_url) as session:
-        _project_or_fail(session, project)
-        try:
-            job = request_training(session, project, settings)
-        except ApiError as error:
-            fail(escape(str(error)))
+        job = queue(session, _project_or_fail(session, project_id), settings)
         job_id, status = job.id, job.status.value
-    console.print(f"training job [bold]{job_id}[/bold] of project {project}: {status}")
+    console.print(f"{what} job [bold]{job_id}[/bold] of project {project_id}: {status}")
     if wait:
         raise typer.Exit(follow_job(job_id, timeout))
 
@@ -561,9 +570,7 @@ def augment(
 
     from augment import AugmentError
     from service.augmentation import request_augmentation
-    from service.db import init_db, session_scope
     from service.jobs import EnqueueError
-    from service.settings import get_settings
 
     params = {}
     for item in param:
@@ -574,20 +581,16 @@ def augment(
             params[key] = json.loads(raw)
         except json.JSONDecodeError:
             params[key] = raw
-    settings = get_settings()
-    init_db(settings.database_url)
-    with session_scope(settings.database_url) as session:
-        target = _project_or_fail(session, project)
+
+    def queue(session, target, settings):
         try:
-            job = request_augmentation(session, target, method, n, seed, params, settings)
+            return request_augmentation(session, target, method, n, seed, params, settings)
         except AugmentError as error:
             fail("--" + escape(str(error)))
         except EnqueueError as error:
             fail(escape(str(error)))
-        job_id, status = job.id, job.status.value
-    console.print(f"augmentation job [bold]{job_id}[/bold] of project {project} ({method}): {status}")
-    if wait:
-        raise typer.Exit(follow_job(job_id, timeout))
+
+    _queue_and_follow(project, f"augmentation ({method})", queue, wait, timeout)
 
 
 @app.command()
