@@ -15,6 +15,7 @@ from rich.table import Table
 
 app = typer.Typer(help="Active learning and label-preserving augmentation for NER, around Label Studio.", no_args_is_help=True)
 console = Console()
+PROGRESS_COLUMNS = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
 
 
 @app.callback()
@@ -137,7 +138,6 @@ def demo(
         sys.exit(143)
 
     signal.signal(signal.SIGTERM, terminated)
-    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()]
     try:
         stack.start()
         with httpx.Client(base_url=stack.url, timeout=120) as api:
@@ -147,7 +147,7 @@ def demo(
                 desk = loop.LabelStudioDesk(*ls, project["ls_project_id"])
             else:
                 desk = loop.NerloopDesk(api, project["id"])
-            with Progress(*columns, console=console) as progress:
+            with Progress(*PROGRESS_COLUMNS, console=console) as progress:
                 labelled = progress.add_task("annotators labelling", total=len(pool))
                 job_bar = progress.add_task("waiting for labels", total=None)
 
@@ -155,8 +155,7 @@ def demo(
                     if event == "labelled":
                         progress.update(labelled, completed=fields["tasks"])
                     elif event == "progress":
-                        total = fields["progress"].get("total_steps") or fields["progress"].get("tasks")
-                        done = fields["progress"].get("step") or fields["progress"].get("scored") or 0
+                        total, done = progress_counts(fields["progress"])
                         progress.update(job_bar, total=total, completed=done, description=f"{fields['kind']} job {fields['id']} · {escape(job_summary(JobStatus(fields['status']), fields['progress']))}")
                     elif event == "point":
                         progress.console.print(
@@ -240,8 +239,7 @@ def simulate(
         f"pool [bold]{len(pool)}[/bold] sentences · test [bold]{len(test_set)}[/bold] · labels {', '.join(labels)} · "
         f"strategies {', '.join(config.strategies)}"
     )
-    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()]
-    with Progress(*columns, console=console) as progress:
+    with Progress(*PROGRESS_COLUMNS, console=console) as progress:
         trainings = len(seed_list) * (len(config.strategies) * (config.rounds + 1) + 1)
         overall = progress.add_task("simulation", total=trainings)
         steps = progress.add_task("training", total=1)
@@ -479,9 +477,6 @@ def export(
 
 # ---- workers and jobs -----------------------------------------------------------------------------
 
-WORKER_QUEUES = ("gpu", "cpu")
-
-
 @app.command()
 def worker(
     queues: str = typer.Option("gpu,cpu", help="Comma-separated: gpu (training, pool scoring), cpu (sync, pushes to Label Studio)"),
@@ -490,14 +485,16 @@ def worker(
     loglevel: str = typer.Option("info", help="Celery log level"),
 ):
     """Run a Celery worker on the broker of the settings (NERLOOP_BROKER_URL; default: the embedded SQLite broker)."""
+    from service.db import init_db
+    from workers.celery_app import CPU, GPU
+    from workers.celery_app import app as celery
+
     chosen = [q.strip() for q in queues.split(",") if q.strip()]
-    unknown = [q for q in chosen if q not in WORKER_QUEUES]
+    unknown = [q for q in chosen if q not in (GPU, CPU)]
     if not chosen or unknown:
-        fail(f"--queues: expected a comma-separated subset of {','.join(WORKER_QUEUES)}, got {queues!r}")
+        fail(f"--queues: expected a comma-separated subset of {GPU},{CPU}, got {queues!r}")
     if pool not in ("prefork", "solo"):
         fail(f"--pool: expected prefork or solo, got {pool!r}")
-    from service.db import init_db
-    from workers.celery_app import app as celery
 
     init_db()
     celery.conf.worker_concurrency = concurrency  # pool processes split the cores between them (NERLOOP_TORCH_THREADS)
@@ -633,8 +630,7 @@ def follow_job(job_id: int, timeout: float = 0) -> int:
 
     engine = get_engine()
     started = time.monotonic()
-    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()]
-    with Progress(*columns, console=console) as progress:
+    with Progress(*PROGRESS_COLUMNS, console=console) as progress:
         bar = progress.add_task(f"job {job_id}", total=None)
         while True:
             with Session(engine) as session:
@@ -645,8 +641,7 @@ def follow_job(job_id: int, timeout: float = 0) -> int:
                 status, state, error = job.status, dict(job.progress), job.error
             if status in (JobStatus.succeeded, JobStatus.failed):
                 break
-            total = state.get("total_steps") or state.get("tasks") or state.get("sources")
-            done = state.get("step") or state.get("scored") or state.get("done") or 0
+            total, done = progress_counts(state)
             progress.update(bar, total=total or None, completed=done, description=f"job {job_id} · {escape(job_summary(status, state))}")
             if timeout and time.monotonic() - started > timeout:
                 progress.stop()
@@ -658,6 +653,13 @@ def follow_job(job_id: int, timeout: float = 0) -> int:
         return 1
     console.print(f"job {job_id} succeeded: {escape(job_summary(status, state))}")
     return 0
+
+
+def progress_counts(progress: dict) -> tuple[int | None, int]:
+    """(total, done) of a job's progress bar: training steps, scored tasks or augmented sources."""
+    total = progress.get("total_steps") or progress.get("tasks") or progress.get("sources")
+    done = progress.get("step") or progress.get("scored") or progress.get("done") or 0
+    return total, done
 
 
 def job_summary(status, progress: dict) -> str:

@@ -83,9 +83,7 @@ def request(
     try:
         enqueue(name, project_id, *args, job_id=job.id, queue=queue, settings=settings, task_id=job.celery_id, **task_kwargs)
     except Exception as error:  # any broker or connection error: the job must not stay queued
-        job.status = JobStatus.failed
-        job.error = f"could not enqueue {name}: {type(error).__name__}: {error}"
-        job.finished_at = utcnow()
+        mark_failed(job, f"could not enqueue {name}: {type(error).__name__}: {error}")
         session.add(job)
         session.commit()
         raise EnqueueError(job.error) from error
@@ -108,6 +106,12 @@ def _looks_lost(job: Job) -> bool:
     """Queued, and neither sent nor seen by a worker for ``job_stale_seconds``."""
     moments = [job.created_at, *(parse_time(job.progress.get(key)) for key in ("sent_at", "waiting_at"))]
     return age(max(m for m in moments if m is not None)) > get_settings().job_stale_seconds
+
+
+def mark_failed(job: Job, error: str) -> None:
+    job.status = JobStatus.failed
+    job.error = error
+    job.finished_at = utcnow()
 
 
 def parse_time(value) -> datetime | None:

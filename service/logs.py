@@ -22,11 +22,11 @@ _fields: ContextVar[dict] = ContextVar("nerloop_log_fields", default={})
 
 @contextmanager
 def bound(**fields) -> Iterator[None]:
-    token = _fields.set({**_fields.get(), **{k: v for k, v in fields.items() if v is not None}})
+    token = bind(**fields)
     try:
         yield
     finally:
-        _fields.reset(token)
+        unbind(token)
 
 
 def bind(**fields) -> object:

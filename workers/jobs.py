@@ -33,7 +33,7 @@ from typing import Iterator
 from sqlmodel import Session, select
 
 from service.db import session_scope
-from service.jobs import age, lock_project, parse_time
+from service.jobs import age, lock_project, mark_failed, parse_time
 from service.models import Job, JobStatus, utcnow
 from service.settings import get_settings
 
@@ -44,6 +44,14 @@ FINISHED = (JobStatus.succeeded, JobStatus.failed)
 
 class JobLost(RuntimeError):
     """This attempt no longer owns its job: another worker took it over."""
+
+
+def _locked_job(session: Session, job_id: int) -> Job | None:
+    """The job, read after locking its project: what it says then cannot change until the transaction ends."""
+    project_id = session.exec(select(Job.project_id).where(Job.id == job_id)).first()
+    if project_id is not None:
+        lock_project(session, project_id)
+    return session.get(Job, job_id)
 
 
 # ---- starting ------------------------------------------------------------------------------------
@@ -71,10 +79,7 @@ def start(job_id: int, *, exclusive: bool = True, takeover: bool = True) -> Star
     """
     settings = get_settings()
     with session_scope() as session:
-        project_id = session.exec(select(Job.project_id).where(Job.id == job_id)).first()
-        if project_id is not None:
-            lock_project(session, project_id)
-        job = session.get(Job, job_id)
+        job = _locked_job(session, job_id)
         if job is None or job.status in FINISHED:
             return Start(Outcome.done)
         attempt = 0
@@ -85,14 +90,14 @@ def start(job_id: int, *, exclusive: bool = True, takeover: bool = True) -> Star
                 return Start(Outcome.wait)  # a second delivery of a task that still runs
             attempt = int(job.progress.get("attempt", 1))
             if attempt >= settings.job_max_attempts:
-                _mark_failed(job, f"the worker running this job was lost {attempt} times; giving up")
+                mark_failed(job, f"the worker running this job was lost {attempt} times; giving up")
                 session.add(job)
                 return Start(Outcome.done)
             log.warning("job %s: its worker was lost during attempt %d; running it again", job_id, attempt)
-        if exclusive and project_id is not None:
+        if exclusive and job.project_id is not None:
             others = session.exec(
                 select(Job).where(
-                    Job.project_id == project_id, Job.kind == job.kind, Job.status == JobStatus.running, Job.id != job_id
+                    Job.project_id == job.project_id, Job.kind == job.kind, Job.status == JobStatus.running, Job.id != job_id
                 )
             ).all()
             for other in others:
@@ -100,7 +105,7 @@ def start(job_id: int, *, exclusive: bool = True, takeover: bool = True) -> Star
                     job.progress = {**job.progress, "waiting_for": other.id, "waiting_at": utcnow().isoformat()}
                     session.add(job)
                     return Start(Outcome.wait)
-                _mark_failed(other, f"its worker was lost (last heartbeat {other.progress.get('heartbeat')})")
+                mark_failed(other, f"its worker was lost (last heartbeat {other.progress.get('heartbeat')})")
                 session.add(other)
         token = uuid.uuid4().hex
         job.status = JobStatus.running
@@ -140,12 +145,6 @@ def _process_alive(pid: int) -> bool:
         return True
 
 
-def _mark_failed(job: Job, error: str) -> None:
-    job.status = JobStatus.failed
-    job.error = error
-    job.finished_at = utcnow()
-
-
 def error_text(error: BaseException) -> str:
     """The exception on the first line, then its traceback (the end of it, when long)."""
     summary = f"{type(error).__name__}: {error}"
@@ -160,10 +159,7 @@ def error_text(error: BaseException) -> str:
 def _running(job_id: int) -> Iterator[Job | None]:
     """The job, locked, when it is still running (None otherwise)."""
     with session_scope() as session:
-        project_id = session.exec(select(Job.project_id).where(Job.id == job_id)).first()
-        if project_id is not None:
-            lock_project(session, project_id)
-        job = session.get(Job, job_id)
+        job = _locked_job(session, job_id)
         yield job if job is not None and job.status == JobStatus.running else None
 
 
@@ -195,7 +191,7 @@ def fail(job_id: int, error: BaseException | str) -> None:
     """Mark a running job failed with the error's text."""
     with _running(job_id) as job:
         if job is not None:
-            _mark_failed(job, error if isinstance(error, str) else error_text(error))
+            mark_failed(job, error if isinstance(error, str) else error_text(error))
 
 
 # ---- running -------------------------------------------------------------------------------------
@@ -232,7 +228,7 @@ class JobRun:
         try:
             with self.owned() as (session, job):
                 job.progress = {**job.progress, **self.snapshot()}
-                _mark_failed(job, error_text(error))
+                mark_failed(job, error_text(error))
                 session.add(job)
         except JobLost:
             pass
@@ -255,10 +251,7 @@ class JobRun:
     def owned(self) -> Iterator[tuple[Session, Job]]:
         """A transaction in which this attempt provably still owns the job; raises ``JobLost`` if not."""
         with session_scope() as session:
-            project_id = session.exec(select(Job.project_id).where(Job.id == self.job_id)).first()
-            if project_id is not None:
-                lock_project(session, project_id)
-            job = session.get(Job, self.job_id)
+            job = _locked_job(session, self.job_id)
             if job is None or job.status != JobStatus.running or (job.progress.get("owner") or {}).get("token") != self.token:
                 self.lost = True
                 raise JobLost(f"job {self.job_id} was taken over")

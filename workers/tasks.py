@@ -161,17 +161,15 @@ def sweep() -> dict:
     trainings = []
     for project_id in project_ids:
         try:
-            if settings.label_studio_api_key and _attached(project_id):
-                _pull(project_id)
             with session_scope() as session:
-                job = retrain_if_due(session, session.get(Project, project_id), settings)
+                project = session.get(Project, project_id)
+                if settings.label_studio_api_key and project.ls_project_id is not None:
+                    client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+                    annotation_sync.pull(session, project, client)
+                    session.commit()  # what came in stays, whatever the training request says
+                job = retrain_if_due(session, project, settings)
                 if job is not None:
                     trainings.append(job.id)
         except Exception:
             log.exception("sweep: project %s", project_id)
     return {"projects": len(project_ids), "trainings": trainings}
-
-
-def _attached(project_id: int) -> bool:
-    with session_scope() as session:
-        return session.get(Project, project_id).ls_project_id is not None
