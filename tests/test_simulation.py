@@ -11,7 +11,7 @@ from active_learning.training import TrainConfig
 from tiny import LABELS, toy_corpus
 
 NERLOOP = str(Path(sys.executable).parent / "nerloop")
-FAST = TrainConfig(epochs=8, min_steps=0, learning_rate=3e-3, freeze_word_embeddings=False)
+FAST = TrainConfig(epochs=8, min_steps=40, learning_rate=3e-3, freeze_word_embeddings=False)  # min_steps: tiny seed sets must learn reliably
 
 
 def test_simulation_end_to_end_on_a_small_slice(tiny_encoder):
