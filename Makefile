@@ -1,4 +1,5 @@
-# nerloop: `make demo` runs the main job, `make test` the whole suite, `make bench` the benchmarks.
+# nerloop: `make demo` runs the main job, `make test` the whole suite, lint first (`make test-fast`:
+# the inner loop, without servers and long trainings), `make bench` the benchmarks.
 # Each creates (or reuses) the virtual environment .venv and installs what it needs, Debian packages
 # included (scripts/system-deps.sh: WordNet, Chromium); Label Studio installs into .venv-ls on first use.
 
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.installed
 # the corpus nerloop generates itself.
 DATA ?= $(wildcard ../shared/data/conll2003)
 
-.PHONY: demo simulate test bench labelstudio clean
+.PHONY: demo simulate lint test test-fast bench labelstudio clean
 
 $(STAMP): pyproject.toml scripts/system-deps.sh
 	scripts/system-deps.sh
@@ -35,8 +36,18 @@ simulate: $(STAMP)
 labelstudio:
 	scripts/labelstudio.sh install
 
-test: $(STAMP)
+# ruff: lint and import order, as configured in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# Everything: Label Studio, Redis, PostgreSQL, Celery workers and Chromium for real (CI: .ci/run).
+test: lint
 	$(BIN)/python -m pytest
+
+# The inner loop, under two minutes: no servers, workers or browser (marker integration) and no
+# long trainings (marker slow). PYTEST= adds options, e.g. PYTEST="-x -k augment".
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration and not slow" $(PYTEST)
 
 bench: $(STAMP)
 	$(BIN)/python bench/al_conll2003.py

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Iterable, Iterator, Mapping
+from typing import IO
 
-from .spans import Example, Span, SpanError, bio_to_spans, iob1_to_iob2, spans_to_bio, validate
+from .spans import Example, Span, SpanError, bio_to_spans, boundaries, iob1_to_iob2, spans_to_bio, validate
 
 _TAG = re.compile(r"^(O|[BI]-\S+)$")
 # Weibo NER writes each character followed by its position in its jieba word ("科0", "p10"); a few
@@ -118,10 +119,6 @@ def word_offsets(text: str, cut_at: Iterable[int] = ()) -> list[tuple[int, int]]
     return offsets
 
 
-def _span_cuts(example: Example) -> set[int]:
-    return {offset for span in example.spans for offset in (span.start, span.end)}
-
-
 def to_conll_rows(example: Example) -> list[tuple[str, str]]:
     """(token, IOB2 tag) rows for one example; tokens are cut at span boundaries so none is lost.
 
@@ -131,7 +128,7 @@ def to_conll_rows(example: Example) -> list[tuple[str, str]]:
     if example.meta.get("char_level") or any(_is_wide(char) for char in example.text):
         offsets = [(i, i + 1) for i, char in enumerate(example.text) if not char.isspace()]
     else:
-        offsets = word_offsets(example.text, _span_cuts(example))
+        offsets = word_offsets(example.text, boundaries(example.spans))
     tags = spans_to_bio(example.spans, offsets)
     return [(example.text[s:e], tag) for (s, e), tag in zip(offsets, tags)]
 

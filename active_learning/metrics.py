@@ -4,14 +4,14 @@ its type and both boundaries match)."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from seqeval.metrics import classification_report
 from seqeval.scheme import IOB2
 
 from .corpus import word_offsets
-from .spans import Example, Span, spans_to_bio
+from .spans import Example, Span, boundaries, spans_to_bio
 
 
 @dataclass
@@ -36,8 +36,7 @@ def evaluate(gold: Sequence[Example], predicted: Sequence[Sequence[Span]]) -> Sc
         raise ValueError(f"{len(gold)} gold examples but {len(predicted)} predictions")
     y_true, y_pred = [], []
     for example, spans in zip(gold, predicted):
-        cuts = {o for s in (*example.spans, *spans) for o in (s.start, s.end)}
-        offsets = word_offsets(example.text, cuts)
+        offsets = word_offsets(example.text, boundaries([*example.spans, *spans]))
         y_true.append(spans_to_bio(example.spans, offsets))
         y_pred.append(spans_to_bio(spans, offsets))
     if not any("-" in tag for tags in (*y_true, *y_pred) for tag in tags):

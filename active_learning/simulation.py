@@ -9,18 +9,19 @@ the reference F1. Costs are counted in sentences or in words (annotation cost is
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
+from transformers import set_seed
 
 from .corpus import word_offsets
 from .metrics import evaluate
 from .spans import Example
-from .strategies import make_strategy, select
+from .strategies import BALD, make_strategy, select
 from .tagger import Tagger
-from .training import TrainConfig, seed_everything, train
+from .training import TrainConfig, train
 
 TARGET_SHARE = 0.99  # "reaches full-pool quality" means 99% of the full-pool F1 (Shen et al.)
 
@@ -34,7 +35,7 @@ class SimulationConfig:
     unit: str = "sentences"  # or "tokens"
     seeds: list[int] = field(default_factory=lambda: [0])
     base_model: str | None = None
-    mc_samples: int = 8  # forward passes with dropout for BALD
+    mc_samples: int = BALD.mc_samples  # forward passes with dropout, for a strategy that uses them
     diversity: bool = False
     full_pool: bool = True
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -90,7 +91,7 @@ def simulate(
     full_pool_f1: dict[int, float] = {}
 
     def fit_and_score(examples: Sequence[Example], seed: int) -> tuple[Tagger, float]:
-        seed_everything(seed)
+        set_seed(seed)
         tagger = Tagger.load(config.base_model, labels=list(labels))
         train(tagger, examples, None, TrainConfig(**{**asdict(config.train), "seed": seed}), on_step=on_step)
         predicted = tagger.predict([e.text for e in test])
@@ -103,7 +104,7 @@ def simulate(
             on_result(RoundResult("full_pool", seed, 0, len(pool), pool_tokens, 1.0, full_pool_f1[seed]))
         seed_set = select(np.random.default_rng(seed).random(len(pool)), costs, config.seed_size)
         for name in config.strategies:
-            strategy = make_strategy(name, seed)
+            strategy = make_strategy(name, seed, mc_samples=config.mc_samples)
             labelled = list(seed_set)
             for round_number in range(config.rounds + 1):
                 on_stage(f"seed {seed} · {name} · round {round_number}/{config.rounds}: training on {len(labelled)} texts")
@@ -120,7 +121,7 @@ def simulate(
                 on_stage(f"seed {seed} · {name} · round {round_number}/{config.rounds}: scoring {len(unlabelled)} pool texts")
                 predictions = tagger.predict(
                     [pool[i].text for i in unlabelled],
-                    mc_samples=config.mc_samples if strategy.needs_mc_dropout else 0,
+                    mc_samples=strategy.mc_samples,
                     embeddings=config.diversity,
                 )
                 embeddings = np.stack([p.embedding for p in predictions]) if config.diversity else None

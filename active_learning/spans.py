@@ -7,9 +7,12 @@ converted here, through the character offsets of their tokens, so there is one c
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from numbers import Integral
-from typing import Iterable, NamedTuple, Sequence
+from typing import NamedTuple
+
+from .errors import LocatedError
 
 
 class Span(NamedTuple):
@@ -18,8 +21,9 @@ class Span(NamedTuple):
     label: str
 
 
-class SpanError(ValueError):
-    """A span or text that cannot be stored: the message names the offending field."""
+class SpanError(LocatedError):
+    """A span or text that cannot be stored. ``loc`` is the offending field within the example:
+    ``("text",)``, ``("spans", 2)`` or ``("spans",)`` (for two that overlap); ``reason`` says why."""
 
 
 @dataclass
@@ -44,31 +48,36 @@ def validate(text: str, spans: Iterable[Sequence], labels: Iterable[str] | None 
     and, when ``labels`` is given, a label outside it.
     """
     if not isinstance(text, str) or not text.strip():
-        raise SpanError("text: must be a non-empty string")
+        raise SpanError(("text",), "must be a non-empty string")
     known = set(labels) if labels is not None else None
     checked = []
     for i, raw in enumerate(spans):
         try:
             start, end, label = raw
         except (TypeError, ValueError):
-            raise SpanError(f"spans[{i}]: expected [start, end, label], got {raw!r}") from None
+            raise SpanError(("spans", i), f"expected [start, end, label], got {raw!r}") from None
         if not all(isinstance(x, Integral) and not isinstance(x, bool) for x in (start, end)):
-            raise SpanError(f"spans[{i}]: start and end must be integers, got {start!r}, {end!r}")
+            raise SpanError(("spans", i), f"start and end must be integers, got {start!r}, {end!r}")
         start, end = int(start), int(end)
         if not 0 <= start < end <= len(text):
             if start >= end:
-                raise SpanError(f"spans[{i}]: start ({start}) must be less than end ({end})")
-            raise SpanError(f"spans[{i}]: ({start}, {end}) is out of range for a text of {len(text)} characters")
+                raise SpanError(("spans", i), f"start ({start}) must be less than end ({end})")
+            raise SpanError(("spans", i), f"({start}, {end}) is out of range for a text of {len(text)} characters")
         if not isinstance(label, str) or not label:
-            raise SpanError(f"spans[{i}]: label must be a non-empty string")
+            raise SpanError(("spans", i), "label must be a non-empty string")
         if known is not None and label not in known:
-            raise SpanError(f"spans[{i}]: unknown label {label!r}; known labels: {sorted(known)}")
+            raise SpanError(("spans", i), f"unknown label {label!r}; known labels: {sorted(known)}")
         checked.append(Span(start, end, label))
     checked.sort()
     for a, b in zip(checked, checked[1:]):
         if b.start < a.end:
-            raise SpanError(f"spans: {tuple(a)} and {tuple(b)} overlap")
+            raise SpanError(("spans",), f"{tuple(a)} and {tuple(b)} overlap")
     return checked
+
+
+def boundaries(spans: Iterable[Span]) -> set[int]:
+    """Every start and end of ``spans``: where words are cut so that no span boundary falls inside one."""
+    return {offset for span in spans for offset in (span.start, span.end)}
 
 
 def iob1_to_iob2(tags: Sequence[str]) -> list[str]:
@@ -86,30 +95,34 @@ def iob1_to_iob2(tags: Sequence[str]) -> list[str]:
     return out
 
 
-def bio_to_spans(tags: Sequence[str], offsets: Sequence[tuple[int, int]]) -> list[Span]:
-    """Turn IOB2 tags over tokens with character ``offsets`` into spans (a stray I- starts one)."""
-    spans: list[Span] = []
-    current: list | None = None
-    for tag, (start, end) in zip(tags, offsets):
+def bio_chunks(tags: Sequence[str]) -> Iterator[tuple[int, int, str]]:
+    """The entities of IOB2 ``tags`` as ``(first, last + 1, label)`` token indices; a stray I- (after
+    O or after another type) starts one. The one place where a run of tags becomes an entity."""
+    current: list | None = None  # [first, last + 1, label]
+    for i, tag in enumerate(tags):
         kind, _, label = tag.partition("-")
         if kind == "I" and current is not None and current[2] == label:
-            current[1] = end
+            current[1] = i + 1
             continue
         if current is not None:
-            spans.append(Span(*current))
+            yield tuple(current)
             current = None
         if kind in ("B", "I"):
-            current = [start, end, label]
+            current = [i, i + 1, label]
     if current is not None:
-        spans.append(Span(*current))
-    return spans
+        yield tuple(current)
+
+
+def bio_to_spans(tags: Sequence[str], offsets: Sequence[tuple[int, int]]) -> list[Span]:
+    """Turn IOB2 tags over tokens with character ``offsets`` into spans (a stray I- starts one)."""
+    return [Span(offsets[first][0], offsets[last - 1][1], label) for first, last, label in bio_chunks(tags)]
 
 
 def spans_to_bio(spans: Sequence[Span], offsets: Sequence[tuple[int, int]]) -> list[str]:
     """Tag tokens (character ``offsets``, in text order) from ``spans`` in IOB2.
 
     A token that only partly overlaps a span (the span boundary falls inside the token) still gets
-    the span's label, so no entity is silently dropped; ``misaligned`` reports such spans.
+    the span's label, so no entity is silently dropped.
     """
     tags = ["O"] * len(offsets)
     i = 0
@@ -124,9 +137,3 @@ def spans_to_bio(spans: Sequence[Span], offsets: Sequence[tuple[int, int]]) -> l
             i += 1
     return tags
 
-
-def misaligned(spans: Sequence[Span], offsets: Sequence[tuple[int, int]]) -> list[Span]:
-    """Spans whose start or end does not fall on a token boundary of ``offsets``."""
-    starts = {s for s, e in offsets if e > s}
-    ends = {e for s, e in offsets if e > s}
-    return [sp for sp in spans if sp.start not in starts or sp.end not in ends]

@@ -1,45 +1,61 @@
 """Query strategies: which unlabelled texts an annotator should label next.
 
 Each strategy is one small class with one method, ``scores(predictions)``, returning one number per
-text: higher means more informative (label it sooner). ``select`` turns scores into a batch under a
-budget counted in sentences or tokens, optionally spread out by k-means on embeddings.
-Word marginals come from ``Tagger.predict``; "tokens" below are the tagger's words.
+text: higher means more informative (label it sooner). ``STRATEGIES`` names them; ``select`` turns
+scores into a batch under a budget counted in sentences or tokens, optionally spread out by k-means
+on embeddings. Word marginals come from ``Tagger.predict``; "tokens" below are the tagger's words.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from .tagger import Prediction
+from .tagger import TaggedText
 
 
-def _best(prediction: Prediction) -> np.ndarray:
+def _best(prediction: TaggedText) -> np.ndarray:
     """Probability of the most likely tag of each word."""
     return prediction.marginals.max(axis=1) if len(prediction.words) else np.ones(0)
 
 
+def _log(p: np.ndarray) -> np.ndarray:
+    """log p, with p clipped away from 0 so that a certain "no" costs a large finite amount."""
+    return np.log(np.clip(p, 1e-12, None))
+
+
 def _entropy(p: np.ndarray) -> np.ndarray:
-    return -(p * np.log(np.clip(p, 1e-12, None))).sum(axis=-1)
+    return -(p * _log(p)).sum(axis=-1)
 
 
 class Strategy:
-    name = ""
-    needs_mc_dropout = False
+    """``name``: the key ``make_strategy`` found it under in ``STRATEGIES``. ``mc_samples``: forward
+    passes with dropout on that ``scores`` needs per text (``Tagger.predict(mc_samples=...)``); 0 for
+    a strategy that reads the marginals only."""
 
-    def scores(self, predictions: Sequence[Prediction]) -> np.ndarray:
+    name = ""
+    mc_samples = 0
+
+    @classmethod
+    def registered(cls, name: str, seed: int) -> Strategy:
+        """The instance ``make_strategy(name, seed)`` returns; most strategies take no options."""
+        return cls()
+
+    def scores(self, predictions: Sequence[TaggedText]) -> np.ndarray:
         raise NotImplementedError
 
 
 class RandomSampling(Strategy):
     """Uniform random order: the baseline every other strategy must beat."""
 
-    name = "random"
-
     def __init__(self, seed: int = 0):
         self.rng = np.random.default_rng(seed)
+
+    @classmethod
+    def registered(cls, name, seed):
+        return cls(seed)
 
     def scores(self, predictions):
         return self.rng.random(len(predictions))
@@ -52,10 +68,8 @@ class LeastConfidence(Strategy):
     Favours long texts; pair it with a token budget.
     """
 
-    name = "least_confidence"
-
     def scores(self, predictions):
-        return np.array([1.0 - float(np.exp(np.log(np.clip(_best(p), 1e-12, None)).sum())) for p in predictions])
+        return np.array([1.0 - float(np.exp(_log(_best(p)).sum())) for p in predictions])
 
 
 class MNLP(Strategy):
@@ -66,10 +80,8 @@ class MNLP(Strategy):
     ICLR 2018 (arXiv 2017).
     """
 
-    name = "mnlp"
-
     def scores(self, predictions):
-        return np.array([-float(np.log(np.clip(_best(p), 1e-12, None)).mean()) if len(p.words) else 0.0 for p in predictions])
+        return np.array([-float(_log(_best(p)).mean()) if len(p.words) else 0.0 for p in predictions])
 
 
 class TokenEntropy(Strategy):
@@ -83,7 +95,10 @@ class TokenEntropy(Strategy):
         if aggregate not in ("mean", "max"):
             raise ValueError("aggregate must be 'mean' or 'max'")
         self.aggregate = aggregate
-        self.name = f"entropy_{aggregate}"
+
+    @classmethod
+    def registered(cls, name, seed):
+        return cls(name.removeprefix("entropy_"))
 
     def scores(self, predictions):
         reduce = np.mean if self.aggregate == "mean" else np.max
@@ -96,8 +111,6 @@ class Margin(Strategy):
     Scheffer, Decomain & Wrobel, "Active hidden Markov models for information extraction",
     IDA 2001 (margin sampling).
     """
-
-    name = "margin"
 
     def scores(self, predictions):
         out = []
@@ -119,8 +132,7 @@ class BALD(Strategy):
     Active Learning for Natural Language Processing", EMNLP 2018.
     """
 
-    name = "bald"
-    needs_mc_dropout = True
+    mc_samples = 8
 
     def scores(self, predictions):
         out = []
@@ -135,21 +147,28 @@ class BALD(Strategy):
         return np.array(out)
 
 
-STRATEGIES = {
+# The CLI's and the API's strategy choices come from here; each class's docstring describes it.
+STRATEGIES: dict[str, type[Strategy]] = {
     "random": RandomSampling,
     "least_confidence": LeastConfidence,
     "mnlp": MNLP,
-    "entropy_mean": lambda: TokenEntropy("mean"),
-    "entropy_max": lambda: TokenEntropy("max"),
+    "entropy_mean": TokenEntropy,
+    "entropy_max": TokenEntropy,
     "margin": Margin,
     "bald": BALD,
 }
 
 
-def make_strategy(name: str, seed: int = 0) -> Strategy:
+def make_strategy(name: str, seed: int = 0, mc_samples: int | None = None) -> Strategy:
+    """The strategy registered as ``name``. ``seed`` drives random sampling; ``mc_samples``, when
+    given, replaces the number of dropout passes of a strategy that uses them (BALD)."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
-    return RandomSampling(seed) if name == "random" else STRATEGIES[name]()
+    strategy = STRATEGIES[name].registered(name, seed)
+    strategy.name = name
+    if mc_samples is not None and strategy.mc_samples:
+        strategy.mc_samples = mc_samples
+    return strategy
 
 
 def select(

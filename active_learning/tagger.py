@@ -10,15 +10,17 @@ is trained on, and each word is predicted from the window where it sits most cen
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from .spans import Example, Span, spans_to_bio
+from .spans import Example, Span, bio_chunks, spans_to_bio
 
 LABELS_FILE = "nerloop_labels.json"
 IGNORE_INDEX = -100  # positions the loss skips: special tokens and non-first sub-words
@@ -80,8 +82,9 @@ class Encoded:
 
 
 @dataclass
-class Prediction:
-    """What the tagger says about one text."""
+class TaggedText:
+    """What the tagger says about one text (not to be confused with ``service.models.Prediction``,
+    the stored row built from it)."""
 
     spans: list[ScoredSpan]
     words: list[tuple[int, int]]
@@ -115,7 +118,7 @@ class Tagger:
     # ---- loading and saving ------------------------------------------------------------------
 
     @classmethod
-    def load(cls, name_or_path: str | None = None, labels: Sequence[str] | None = None, **options) -> "Tagger":
+    def load(cls, name_or_path: str | None = None, labels: Sequence[str] | None = None, **options) -> Tagger:
         """Load a saved nerloop tagger, any token-classification model, or a base encoder.
 
         A directory saved by ``save`` keeps its label order; ``labels`` may add new types, which
@@ -264,13 +267,11 @@ class Tagger:
         batch_size: int = 64,
         mc_samples: int = 0,
         embeddings: bool = False,
-        on_batch: Callable[[int], None] | None = None,
-    ) -> list[Prediction]:
+    ) -> list[TaggedText]:
         """Predict spans with confidences and word marginals for each text.
 
         Windows are sorted by length and batched with dynamic padding. ``mc_samples`` > 0 adds
-        that many forward passes with dropout on (MC dropout, for BALD). ``on_batch(n)`` is called
-        with the number of windows done after each batch, for progress bars.
+        that many forward passes with dropout on (MC dropout: a strategy's ``mc_samples``).
         """
         if not texts:
             return []
@@ -315,8 +316,6 @@ class Tagger:
                     if embeddings:
                         pooled[t] = means[row] if pooled_count[t] == 0 else pooled[t] + means[row]
                         pooled_count[t] += 1
-                if on_batch:
-                    on_batch(len(windows))
         finally:
             self.model.train(was_training)
 
@@ -325,7 +324,7 @@ class Tagger:
         for t, words in enumerate(encoded.words):
             path = constrained_decode(marginals[t], transitions, starts)
             predictions.append(
-                Prediction(
+                TaggedText(
                     spans=self._spans(path, marginals[t], words),
                     words=words,
                     marginals=marginals[t],
@@ -348,24 +347,12 @@ class Tagger:
         return allowed, starts
 
     def _spans(self, path: Sequence[int], marginals: np.ndarray, words) -> list[ScoredSpan]:
+        """Spans of whole words from a decoded tag path; a span's score multiplies its words' marginals."""
         tags = self.tags
-        spans: list[ScoredSpan] = []
-        current = None  # [start, end, label, probability]
-        for word, tag_id in enumerate(path):
-            tag = tags[tag_id]
-            p = float(marginals[word, tag_id])
-            if tag.startswith("I-") and current is not None:
-                current[1] = words[word][1]
-                current[3] *= p
-                continue
-            if current is not None:
-                spans.append(ScoredSpan(*current))
-                current = None
-            if tag.startswith("B-"):
-                current = [words[word][0], words[word][1], tag[2:], p]
-        if current is not None:
-            spans.append(ScoredSpan(*current))
-        return spans
+        return [
+            ScoredSpan(words[first][0], words[last - 1][1], label, math.prod(float(marginals[w, path[w]]) for w in range(first, last)))
+            for first, last, label in bio_chunks([tags[t] for t in path])
+        ]
 
 
 def constrained_decode(marginals: np.ndarray, allowed: np.ndarray, starts: np.ndarray) -> list[int]:

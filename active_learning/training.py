@@ -6,11 +6,11 @@ from __future__ import annotations
 import copy
 import math
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
-import numpy as np
 import torch
+from transformers import get_linear_schedule_with_warmup, set_seed
 
 from .metrics import evaluate
 from .spans import Example
@@ -54,12 +54,6 @@ class TrainResult:
         return asdict(self)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def train(
     tagger: Tagger,
     examples: Sequence[Example],
@@ -75,7 +69,7 @@ def train(
     config = config or TrainConfig()
     if not examples:
         raise ValueError("no training examples")
-    seed_everything(config.seed)
+    set_seed(config.seed)
     data = tagger.training_windows(examples)
     steps_per_epoch = math.ceil(len(data) / (config.batch_size * config.gradient_accumulation))
     epochs = max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
@@ -92,10 +86,7 @@ def train(
         {"params": [p for n, p in trainable if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
-    warmup = int(config.warmup_ratio * total_steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
-    )
+    schedule = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
 
     rng = random.Random(config.seed)
     best_f1, best_epoch, best_state, stale = -1.0, 0, None, 0

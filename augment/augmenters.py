@@ -11,16 +11,26 @@ from __future__ import annotations
 import random
 from bisect import bisect_left
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 from . import wordnet
 from .base import Augmenter, Candidate
 from .tokens import Tokens, contexts, rewrap, tokenize, transformable, with_contexts, with_word, words_of
 
 
-class MentionReplacement(Augmenter):
+class WordEditor(Augmenter):
+    """An augmenter that edits a text's words (``tokenize``): ``edit`` makes one output at a time."""
+
+    def augment(self, examples, n, rng):
+        return [[self.edit(tokenize(e), rng) for _ in range(n)] for e in examples]
+
+    def edit(self, tokens: Tokens, rng: random.Random) -> Candidate:
+        raise NotImplementedError
+
+
+class MentionReplacement(WordEditor):
     """Replace each mention, with probability ``p``, by another mention of the same type taken from
     the labelled set (and the sources). Dai & Adel 2020, "mention replacement" (MR)."""
 
@@ -35,10 +45,7 @@ class MentionReplacement(Augmenter):
                 mentions[span.label].add(mention)
         self.mentions = {label: sorted(found) for label, found in mentions.items()}
 
-    def augment(self, examples, n, rng):
-        return [[self._replace(tokenize(e), rng) for _ in range(n)] for e in examples]
-
-    def _replace(self, tokens: Tokens, rng: random.Random) -> Candidate:
+    def edit(self, tokens: Tokens, rng: random.Random) -> Candidate:
         words = []
         for run in tokens.segments():
             first, last = tokens.words[run[0]], tokens.words[run[-1]]
@@ -62,7 +69,7 @@ class MentionReplacement(Augmenter):
         return known[k + 1 if present and k >= at else k]
 
 
-class TokenReplacement(Augmenter):
+class TokenReplacement(WordEditor):
     """Replace each word, with probability ``p``, by a word drawn from the words that carry the same
     IOB2 tag in the labelled set, by frequency. Dai & Adel 2020, "label-wise token replacement"
     (LwTR)."""
@@ -78,27 +85,21 @@ class TokenReplacement(Augmenter):
             for word, tag in zip(tokens.words, tokens.tags()):
                 self.words[tag].append(word.text)
 
-    def augment(self, examples, n, rng):
-        return [[self._replace(tokenize(e), rng) for _ in range(n)] for e in examples]
-
-    def _replace(self, tokens: Tokens, rng: random.Random) -> Candidate:
+    def edit(self, tokens: Tokens, rng: random.Random) -> Candidate:
         for i, tag in enumerate(tokens.tags()):
             if rng.random() < self.params["p"] and self.words.get(tag):
                 tokens = with_word(tokens, i, rng.choice(self.words[tag]))
         return tokens.render()
 
 
-class Shuffle(Augmenter):
+class Shuffle(WordEditor):
     """Cut the words into runs of one label (each mention, each stretch of O words) and shuffle the
     words within each run with probability ``p``. Dai & Adel 2020, "shuffle within segments" (SiS)."""
 
     name = "shuffle"
     defaults = {"p": 0.3}
 
-    def augment(self, examples, n, rng):
-        return [[self._shuffle(tokenize(e), rng) for _ in range(n)] for e in examples]
-
-    def _shuffle(self, tokens: Tokens, rng: random.Random) -> Candidate:
+    def edit(self, tokens: Tokens, rng: random.Random) -> Candidate:
         words = list(tokens.words)
         for run in tokens.segments():
             if len(run) > 1 and rng.random() < self.params["p"]:
@@ -118,7 +119,7 @@ STOPWORDS = frozenset(
 )
 
 
-class Synonym(Augmenter):
+class Synonym(WordEditor):
     """Replace each word outside the mentions, with probability ``p``, by one of its WordNet
     synonyms (any part of speech; multi-word synonyms are spliced in as O words).
     Dai & Adel 2020, "synonym replacement" (SR).
@@ -148,10 +149,7 @@ class Synonym(Augmenter):
             self.cache[key] = sorted(s for s in found if s.lower() != key)
         return self.cache[key]
 
-    def augment(self, examples, n, rng):
-        return [[self._replace(tokenize(e), rng) for _ in range(n)] for e in examples]
-
-    def _replace(self, tokens: Tokens, rng: random.Random) -> Candidate:
+    def edit(self, tokens: Tokens, rng: random.Random) -> Candidate:
         for i, word in enumerate(tokens.words):
             if word.entity is None and rng.random() < self.params["p"]:
                 choices = self.synonyms(word.text)
@@ -177,7 +175,7 @@ class ContextAugmenter(Augmenter):
         self.transform = transform
 
     @classmethod
-    def from_text_augmenter(cls, augmenter) -> "ContextAugmenter":
+    def from_text_augmenter(cls, augmenter) -> ContextAugmenter:
         def transform(texts, n, rng):
             random.seed(rng.randrange(2**32))  # nlpaug draws from the global random module
             return [[_first(augmenter.augment(text)) for _ in range(n)] for text in texts]

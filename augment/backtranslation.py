@@ -6,7 +6,7 @@ import functools
 import random
 
 from .augmenters import ContextAugmenter
-from .base import AugmentError, Augmenter
+from .base import Augmenter, AugmentError
 
 
 class Translator:
@@ -21,7 +21,7 @@ class Translator:
             self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
             self.model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path).to(device).eval()
         except (OSError, ValueError) as error:
-            raise AugmentError(f"params.{field}: cannot load translation model {name_or_path!r}: {error}") from error
+            raise AugmentError(("params", field), f"cannot load translation model {name_or_path!r}: {error}") from error
         self.device = device
 
     def __call__(self, texts: list[str], n: int, params: dict) -> list[list[str]]:
@@ -67,7 +67,7 @@ class BackTranslation(Augmenter):
     """
 
     name = "backtranslate"
-    queue = "gpu"
+    needs_accelerator = True
     keeps_mentions = True
     batch_size = 256
     defaults = {
@@ -86,14 +86,14 @@ class BackTranslation(Augmenter):
     def check_values(cls, params):
         for key in ("num_beams", "batch_size", "max_length"):
             if params[key] < 1:
-                raise AugmentError(f"params.{key}: must be at least 1")
+                raise AugmentError(("params", key), "must be at least 1")
         if not 0.0 < params["top_p"] <= 1.0:
-            raise AugmentError("params.top_p: must be in (0, 1]")
+            raise AugmentError(("params", "top_p"), "must be in (0, 1]")
         if params["temperature"] <= 0:
-            raise AugmentError("params.temperature: must be positive")
+            raise AugmentError(("params", "temperature"), "must be positive")
         for key in ("forward", "backward"):
             if not params[key].strip():
-                raise AugmentError(f"params.{key}: must name a model or a directory")
+                raise AugmentError(("params", key), "must name a model or a directory")
 
     def __init__(self, params, pool):
         super().__init__(params, pool)

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from active_learning.spans import Example, Span, SpanError, validate
 
 from .augmenters import MentionReplacement, Shuffle, Synonym, TokenReplacement
 from .backtranslation import BackTranslation
-from .base import AugmentError, Augmenter
+from .base import Augmenter, AugmentError
 from .tokens import contexts, mention_count
 
+# Method name → augmenter class (its docstring describes it): the CLI's and the API's choices.
 AUGMENTERS: dict[str, type[Augmenter]] = {
     cls.name: cls for cls in (BackTranslation, MentionReplacement, TokenReplacement, Synonym, Shuffle)
 }
-METHODS: dict[str, str] = {name: cls.queue for name, cls in AUGMENTERS.items()}  # method -> Celery queue
 
 
 @dataclass
@@ -97,7 +97,7 @@ def run(
     labelled: Sequence[Example] = (),
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Report:
-    """Augment ``sources`` with ``method`` (a key of ``METHODS``): up to ``n`` new examples each.
+    """Augment ``sources`` with ``method`` (a key of ``AUGMENTERS``): up to ``n`` new examples each.
 
     ``params`` override the method's defaults; a bad one raises ``AugmentError`` naming it.
     ``labelled`` is the project's labelled set: replacement mentions and token distributions come
@@ -113,7 +113,7 @@ def check(method: str, n: int, params: dict | None) -> dict:
     """The method's parameters with defaults filled in; ``AugmentError`` names a bad field. Loads no
     model, so a service can refuse a bad request before queueing it."""
     if method not in AUGMENTERS:
-        raise AugmentError(f"method: unknown augmentation method {method!r}; known: {sorted(AUGMENTERS)}")
+        raise AugmentError(("method",), f"unknown augmentation method {method!r}; known: {sorted(AUGMENTERS)}")
     _check_n(n)
     return AUGMENTERS[method].check(params)
 
@@ -160,4 +160,4 @@ def apply(
 
 def _check_n(n) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise AugmentError(f"n: must be a positive integer, got {n!r}")
+        raise AugmentError(("n",), f"must be a positive integer, got {n!r}")

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from active_learning.corpus import word_offsets
-from active_learning.spans import Example, Span
+from active_learning.spans import Example, Span, bio_to_spans, boundaries
 
 
 @dataclass
@@ -40,20 +40,11 @@ class Tokens:
 
     def render(self) -> tuple[str, list[Span]]:
         """The text and its spans: consecutive words of one mention make one span."""
-        text, spans, current = self.lead, [], None
+        text, offsets = self.lead, []
         for word in self.words:
-            start = len(text)
-            text += word.text
-            if word.entity is not None and current is not None and current[3] == word.entity:
-                current[1] = start + len(word.text)
-            else:
-                if current is not None:
-                    spans.append(Span(*current[:3]))
-                current = [start, start + len(word.text), word.label, word.entity] if word.entity is not None else None
-            text += word.gap
-        if current is not None:
-            spans.append(Span(*current[:3]))
-        return text, spans
+            offsets.append((len(text), len(text) + len(word.text)))
+            text += word.text + word.gap
+        return text, bio_to_spans(self.tags(), offsets)
 
     def segments(self) -> list[list[int]]:
         """Indices of words grouped into runs of one label: each run is a mention or an O stretch."""
@@ -69,7 +60,7 @@ class Tokens:
 def tokenize(example: Example) -> Tokens:
     """Words of the text (cut at every span boundary), with their gaps and mentions."""
     text, spans = example.text, example.spans
-    offsets = word_offsets(text, {o for s in spans for o in (s.start, s.end)})
+    offsets = word_offsets(text, boundaries(spans))
     if not offsets:
         return Tokens(text)
     words, k = [], 0

@@ -10,7 +10,7 @@ untrained: speed does not depend on the weights) and saved as a model version di
   ``--database sqlite`` for the embedded one), the N sentences as pool tasks of a project, real
   ``nerloop worker`` processes on Redis. A run registers a new active model version (a hard-linked
   copy of the model directory, so the workers load it as they do after a promotion), requests a
-  ``score_pool`` job as the API does (``service.jobs.request``) and times enqueue → all N
+  ``score_pool`` job as the API does (``service.job_queue.request``) and times enqueue → all N
   ``Prediction`` rows stored (``score_pool`` → chord of ``score_shard`` → stored); "job done" adds the
   chord's callback, ``push_predictions``. The project is not attached to Label Studio, so that callback
   finds nothing to push and makes no HTTP call: the Label Studio push is a separate step, measured by
@@ -262,14 +262,14 @@ class WorkerGroup:
 def score_pool(group: WorkerGroup, project_id: int, model_dir: Path, expected: int, timeout: float = 300) -> dict:
     """Time one ``score_pool`` job of a new version: enqueue → all predictions stored → job done."""
     from service.db import session_scope
-    from service.jobs import request
+    from service.job_queue import request
     from service.models import Job, JobStatus, Prediction
 
     version_id = new_active_version(project_id, model_dir)
     settings = group.settings
     started = time.perf_counter()
     with session_scope() as session:
-        job_id = request(session, project_id, "score_pool", version_id, settings=settings, coalesce=False).id
+        job_id = request(session, project_id, "score_pool", version_id=version_id, settings=settings, coalesce=False).id
     stored = None
     deadline = started + timeout
     while time.perf_counter() < deadline:
@@ -514,7 +514,7 @@ def main() -> None:
         "broker": "Redis 127.0.0.1:6379, broker and result backend; one Redis database per worker group",
         "score_shard_size": shard_size,
         "worker_path": (
-            "measured from enqueue (service.jobs.request of a score_pool job for a new active version) to all N "
+            "measured from enqueue (service.job_queue.request of a score_pool job for a new active version) to all N "
             "Prediction rows stored: score_pool -> chord of score_shard (job bookkeeping, tasks read, the new "
             "version's directory loaded by each pool process, Tagger.predict, task confidence, rows written). "
             "sentences_per_s_to_job_done adds the chord callback push_predictions, which pushes nothing: the "

@@ -1,5 +1,6 @@
 """The Label Studio client nerloop uses: a thin layer over the SDK's ``LabelStudio`` with bulk calls,
-bounded retries and one exception type.
+bounded retries (tenacity) and one exception type; ``client_from_settings`` builds it. Labelling
+configs are read with the SDK's ``LabelInterface``.
 
 Verified against Label Studio 1.23.2 (Community edition) with label-studio-sdk 2.x:
 
@@ -19,14 +20,20 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import xml.etree.ElementTree as ET
-from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterable, Iterator, NamedTuple, Sequence, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import NamedTuple, TypeVar
 
 import httpx
 from label_studio_sdk import LabelStudio
+from label_studio_sdk._legacy.exceptions import LabelStudioXMLSyntaxErrorSentryIgnored
 from label_studio_sdk.core.api_error import ApiError
+from label_studio_sdk.label_interface import LabelInterface
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +85,15 @@ def labelling_config(
 def parse_labelling_config(config: str) -> LabelConfig:
     """Find the first ``Labels`` tag whose ``toName`` is a ``Text`` tag; raise ``LabelStudioError`` if none."""
     try:
-        root = ET.fromstring(config)
-    except ET.ParseError as error:
+        interface = LabelInterface(config)
+    except LabelStudioXMLSyntaxErrorSentryIgnored as error:
         raise LabelStudioError(f"the labelling config is not valid XML: {error}") from None
-    texts = {el.get("name"): el.get("value", "") for el in root.iter() if el.tag.lower() == "text"}
-    for el in root.iter():
-        if el.tag.lower() != "labels":
+    for control in interface.controls:
+        if control.tag.lower() != "labels":
             continue
-        for to_name in (el.get("toName") or "").split(","):
-            value = texts.get(to_name.strip())
-            if value and value.startswith("$"):
-                labels = [label.get("value") for label in el if label.tag.lower() == "label" and label.get("value")]
-                return LabelConfig(labels, el.get("name", ""), to_name.strip(), value[1:])
+        for text in control.objects:  # the tags its toName names, in that order
+            if text.tag.lower() == "text" and (text.value or "").startswith("$"):
+                return LabelConfig(list(control.labels), control.name, text.name, text.value[1:])
     raise LabelStudioError("the labelling config has no Labels tag on a Text tag reading a $field: not an NER project")
 
 
@@ -119,13 +123,24 @@ def parse_ls_datetime(value: str | datetime) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _retryable(error: BaseException, idempotent: bool) -> bool:
+    """Worth another attempt: 429 or 5xx, or a transport error on a request that is safe to resend
+    (idempotent, or one that cannot have reached the server)."""
+    if isinstance(error, ApiError):
+        status = error.status_code or 0
+        return status >= 500 or status == 429
+    if isinstance(error, httpx.TransportError):
+        return idempotent or isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout))
+    return False
 
 
 def _detail(error: ApiError) -> str:
@@ -173,42 +188,41 @@ class LabelStudioClient:
     # --- plumbing -----------------------------------------------------------------------------------
 
     def _call(self, what: str, request: Callable[[], T], *, idempotent: bool = True) -> T:
-        delay = self.backoff
-        for attempt in range(self.retries + 1):
-            try:
-                return request()
-            except ApiError as error:
-                status = error.status_code or 0
-                if status in (401, 403):
-                    raise LabelStudioError(
-                        f"Label Studio at {self.url} refused the API key ({status}: {_detail(error)}) "
-                        f"while trying to {what}; check NERLOOP_LABEL_STUDIO_API_KEY",
-                        status,
-                    ) from None
-                if not (status >= 500 or status == 429) or attempt == self.retries:
-                    raise LabelStudioError(
-                        f"Label Studio at {self.url} answered {status} while trying to {what}: {_detail(error)}",
-                        status,
-                    ) from None
-                problem = f"{status}: {_detail(error)}"
-            except httpx.TransportError as error:
-                unsent = isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout))
-                if attempt == self.retries or not (idempotent or unsent):
-                    raise LabelStudioError(
-                        f"cannot reach Label Studio at {self.url} while trying to {what} "
-                        f"({type(error).__name__}: {error or 'no detail'}; {attempt + 1} attempts)"
-                    ) from None
-                problem = f"{type(error).__name__}: {error}"
+        def warn(attempt: RetryCallState) -> None:
+            error = attempt.outcome.exception()
+            problem = f"{error.status_code}: {_detail(error)}" if isinstance(error, ApiError) else f"{type(error).__name__}: {error}"
             log.warning(
-                "Label Studio: %s failed (%s); retry %d/%d in %.1fs", what, problem, attempt + 1, self.retries, delay
+                "Label Studio: %s failed (%s); retry %d/%d in %.1fs",
+                what, problem, attempt.attempt_number, self.retries, attempt.next_action.sleep,
             )
-            time.sleep(delay)
-            delay = min(delay * 2, self.max_backoff)
-        raise AssertionError("unreachable")
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.retries + 1),
+            wait=wait_exponential(multiplier=self.backoff, max=self.max_backoff),
+            retry=retry_if_exception(lambda error: _retryable(error, idempotent)),
+            before_sleep=warn,
+            reraise=True,
+        )
+        try:
+            return retrying(request)
+        except ApiError as error:
+            status = error.status_code or 0
+            if status in (401, 403):
+                raise LabelStudioError(
+                    f"Label Studio at {self.url} refused the API key ({status}: {_detail(error)}) "
+                    f"while trying to {what}; check NERLOOP_LABEL_STUDIO_API_KEY",
+                    status,
+                ) from None
+            raise LabelStudioError(
+                f"Label Studio at {self.url} answered {status} while trying to {what}: {_detail(error)}", status
+            ) from None
+        except httpx.TransportError as error:
+            raise LabelStudioError(
+                f"cannot reach Label Studio at {self.url} while trying to {what} "
+                f"({type(error).__name__}: {error or 'no detail'}; {retrying.statistics['attempt_number']} attempts)"
+            ) from None
 
     # --- projects -----------------------------------------------------------------------------------
-
-    labelling_config = staticmethod(labelling_config)
 
     def whoami(self) -> dict:
         """The token's user (id, email, ...): a cheap check that the server and the token work."""
@@ -238,8 +252,8 @@ class LabelStudioClient:
         for chunk in _chunks(list(tasks), IMPORT_CHUNK):
             answer = self._call(
                 f"import {len(chunk)} tasks into project {ls_id}",
-                lambda: self.sdk.projects.import_tasks(
-                    ls_id, request=[{"data": data} for data in chunk], return_task_ids=True
+                partial(
+                    self.sdk.projects.import_tasks, ls_id, request=[{"data": data} for data in chunk], return_task_ids=True
                 ),
                 idempotent=False,
             )
@@ -260,7 +274,7 @@ class LabelStudioClient:
             request = [{**prediction, "model_version": model_version} for prediction in chunk]
             answer = self._call(
                 f"import {len(chunk)} predictions into project {ls_id}",
-                lambda: self.sdk.projects.import_predictions(ls_id, request=request),
+                partial(self.sdk.projects.import_predictions, ls_id, request=request),
                 idempotent=False,
             )
             created += answer.created or 0
@@ -302,9 +316,7 @@ class LabelStudioClient:
             try:
                 pager = self._call(
                     f"list changed tasks of project {ls_id} (page {page})",
-                    lambda: self.sdk.tasks.list(
-                        project=ls_id, fields="all", query=query, page=page, page_size=PAGE_SIZE
-                    ),
+                    partial(self.sdk.tasks.list, project=ls_id, fields="all", query=query, page=page, page_size=PAGE_SIZE),
                 )
             except LabelStudioError as error:
                 if page > 1 and error.status == 404:  # past the last page
@@ -335,7 +347,7 @@ class LabelStudioClient:
         for webhook in existing:
             if webhook.url == url and webhook.project == ls_id:
                 self._call(
-                    f"update webhook {webhook.id}", lambda: self.sdk.webhooks.update(webhook.id, url=url, **settings)
+                    f"update webhook {webhook.id}", partial(self.sdk.webhooks.update, webhook.id, url=url, **settings)
                 )
                 return webhook.id
         webhook = self._call(
@@ -343,3 +355,13 @@ class LabelStudioClient:
             lambda: self.sdk.webhooks.create(url=url, project=ls_id, **settings),
         )
         return webhook.id
+
+
+def client_from_settings(settings: Settings | None = None, *, retries: int | None = None) -> LabelStudioClient | None:
+    """The Label Studio client the settings describe (``retries``: fewer, for an interactive command),
+    or None when no API key is set."""
+    settings = settings or get_settings()
+    if not settings.label_studio_api_key:
+        return None
+    options = {} if retries is None else {"retries": retries}
+    return LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key, **options)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 
 from sqlalchemy import JSON, Column, Text, UniqueConstraint
@@ -11,7 +11,7 @@ from sqlmodel import Field, SQLModel
 
 def utcnow() -> datetime:
     """Aware UTC time: SQLModel stores datetimes as timezone-aware UTC (naive ones are refused)."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class TaskState(str, Enum):
@@ -20,7 +20,9 @@ class TaskState(str, Enum):
 
 
 class ModelStatus(str, Enum):
-    training = "training"
+    # A version's row is written once its training is over, so no version is ever "training". The
+    # PostgreSQL enum type still has that value from migration 0001; nothing stores it, and dropping a
+    # value from a native enum means rebuilding the type, which is not worth a migration.
     candidate = "candidate"  # trained and evaluated, not (yet) serving
     active = "active"  # exactly one per project
     retired = "retired"
@@ -33,8 +35,9 @@ class JobStatus(str, Enum):
     failed = "failed"
 
 
-class Project(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
+class ProjectBase(SQLModel):
+    """The columns a project's API representation shows (``schemas.ProjectRead``)."""
+
     name: str
     labels: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     ls_project_id: int | None = Field(default=None, unique=True, index=True)
@@ -45,8 +48,12 @@ class Project(SQLModel, table=True):
     retrain_every: int = 20  # new accepted annotations that trigger a retraining
     augment: bool = False
     augment_ratio: float = 0.5  # augmented examples per real one, at most
-    last_pulled_at: datetime | None = None  # high-water mark of the incremental annotation pull
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class Project(ProjectBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    last_pulled_at: datetime | None = None  # high-water mark of the incremental annotation pull
 
 
 class Task(SQLModel, table=True):
@@ -63,8 +70,9 @@ class Task(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
-class Annotation(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
+class AnnotationBase(SQLModel):
+    """The columns of an annotation's API representation (``schemas.AnnotationRead`` adds its text)."""
+
     task_id: int = Field(foreign_key="task.id", index=True)
     ls_annotation_id: int | None = Field(default=None, unique=True, index=True)
     spans: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
@@ -75,16 +83,30 @@ class Annotation(SQLModel, table=True):
     accepted: bool = False  # the one annotation of its task that counts (see corpus.accepted_annotation)
 
 
-class ModelVersion(SQLModel, table=True):
+class Annotation(AnnotationBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
-    project_id: int = Field(foreign_key="project.id", index=True)
+
+
+class ModelVersionSummary(SQLModel):
+    """What a project report shows of each version (``schemas.ReportModel``)."""
+
     name: str
-    path: str = ""
-    status: ModelStatus = ModelStatus.training
-    metrics: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: ModelStatus = ModelStatus.candidate
     dev_f1: float | None = None
     train_size: int = 0
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class ModelVersionBase(ModelVersionSummary):
+    """The columns of a version's API representation (``schemas.ModelVersionRead``)."""
+
+    path: str = ""
+    metrics: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class ModelVersion(ModelVersionBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(foreign_key="project.id", index=True)
 
 
 class Prediction(SQLModel, table=True):
@@ -98,17 +120,33 @@ class Prediction(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
-class Job(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
+class JobBase(SQLModel):
+    """The columns of a job that people see (the API's job representation)."""
+
     project_id: int | None = Field(default=None, foreign_key="project.id", index=True)
-    kind: str  # train, score_pool, sync, augment, ...
+    kind: str  # train, score_pool, sync, augment: the task ``nerloop.<kind>`` runs it
     status: JobStatus = JobStatus.queued
+    # What its task reports: stage, step/total_steps, scored/tasks, ... (``service.progress`` reads it).
     progress: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     error: str | None = Field(default=None, sa_column=Column(Text))
     celery_id: str | None = Field(default=None, index=True)
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+
+
+class Job(JobBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    # The workers' bookkeeping (``workers.lifecycle``): which attempt owns a running job, and whether it lives.
+    attempt: int = 0  # claims so far; a job whose worker is lost job_max_attempts times fails
+    owner_host: str | None = None
+    owner_pid: int | None = None
+    owner_token: str | None = None  # this attempt's: a write that does not carry it is not the owner's
+    heartbeat_at: datetime | None = None  # rewritten by the owner every job_heartbeat_seconds
+    # Of a queued job (``service.job_queue``): signs that its message may have been lost.
+    sent_at: datetime | None = None  # when its message was sent again
+    waiting_for: int | None = None  # the project's running job it waits behind
+    waiting_at: datetime | None = None  # when a worker last found it had to wait
 
 
 class AugmentedExample(SQLModel, table=True):

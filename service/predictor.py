@@ -20,40 +20,33 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from sqlmodel import Session
 
 from active_learning.strategies import MNLP, make_strategy
-from active_learning.tagger import Prediction, Tagger
+from active_learning.tagger import TaggedText, Tagger
 
 from .db import get_engine
 from .versions import active_version
-
-
-class NoActiveModel(LookupError):
-    """The project has no active model version to predict with."""
 
 
 class ModelLoadError(RuntimeError):
     """The active version's directory cannot be loaded as a tagger."""
 
 
-def task_confidence(prediction: Prediction) -> float:
+def task_confidence(prediction: TaggedText) -> float:
     """Geometric mean of the words' most likely tag probabilities; lower is more uncertain."""
     return math.exp(-MNLP().scores([prediction])[0])
 
 
-MC_SAMPLES = 8  # dropout passes per text for strategies that need them (BALD)
-
-
 def samples_for(strategy: str) -> int:
     """MC-dropout passes ``strategy`` needs per text (0 for most)."""
-    return MC_SAMPLES if make_strategy(strategy).needs_mc_dropout else 0
+    return make_strategy(strategy).mc_samples
 
 
-def task_scores(strategy: str, predictions: Sequence[Prediction], seed: int = 0) -> list[float]:
+def task_scores(strategy: str, predictions: Sequence[TaggedText], seed: int = 0) -> list[float]:
     """Label Studio's ``score`` per prediction: ``exp(-informativeness)`` under ``strategy``, in (0, 1];
     the most informative text scores lowest. ``seed`` drives the random strategy."""
     informativeness = make_strategy(strategy, seed).scores(list(predictions))
@@ -69,7 +62,7 @@ class ActiveModel:
     tagger: Tagger
     lock: threading.Lock
 
-    def predict(self, texts: Sequence[str], mc_samples: int = 0) -> list[Prediction]:
+    def predict(self, texts: Sequence[str], mc_samples: int = 0) -> list[TaggedText]:
         with self.lock:  # one inference at a time per model: it uses every core anyway
             return self.tagger.predict(list(texts), mc_samples=mc_samples)
 
@@ -101,7 +94,7 @@ class TaggerCache:
 _cache = TaggerCache()
 
 
-def predict_with(path: str, texts: Sequence[str], mc_samples: int = 0) -> list[Prediction]:
+def predict_with(path: str, texts: Sequence[str], mc_samples: int = 0) -> list[TaggedText]:
     """Predictions of the saved model at ``path``, loaded through this process's cache."""
     tagger, lock = _cache.get(path)
     with lock:
@@ -124,10 +117,3 @@ class Predictor:
             version_id, name, path = version.id, version.name, version.path
         tagger, lock = self.cache.get(path)
         return ActiveModel(version_id, name, tagger, lock)
-
-    def predict(self, project_id: int, texts: Sequence[str]) -> list[Prediction]:
-        """Predictions of the project's active model; raises ``NoActiveModel`` when there is none."""
-        model = self.active(project_id)
-        if model is None:
-            raise NoActiveModel(f"project {project_id} has no active model version")
-        return model.predict(texts)

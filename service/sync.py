@@ -85,7 +85,7 @@ def import_examples(
         try:
             spans = validate(example.text, example.spans, project.labels)
         except SpanError as error:
-            raise SpanError(f"examples[{i}]: {error}") from None
+            raise SpanError(("examples", i), str(error)) from None
         fresh[digest] = (example, spans)
 
     known = _existing_hashes(session, project, list(fresh))

@@ -1,6 +1,6 @@
 """Model versions: which one is active, and the one way to change it.
 
-Exactly one version per project is active. Manual promotion and rollback (``service.api.operations``)
+Exactly one version per project is active. Manual promotion and rollback (``service.operations.model_versions``)
 and a training that wins its comparison (``workers.retrain``) all switch through ``activate``.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlmodel import Session, select
 
-from .jobs import lock_project
+from .job_queue import lock_project
 from .models import ModelStatus, ModelVersion
 
 

@@ -1,37 +1,44 @@
-"""Session fixtures that start real servers for integration tests.
+"""Fixtures of the real servers integration tests use, and the ``integration`` marker they bring.
 
-``label_studio`` runs scripts/labelstudio.sh on a free port with a data dir of its own. Where Label
-Studio cannot be installed or started, its tests are skipped, except under CI (``CI=true``), where
-they fail.
+``label_studio`` runs scripts/labelstudio.sh on a free port with a data dir of its own;
+``postgres_database`` is a database of this session's own on the local PostgreSQL server;
+``redis_url`` is the local Redis. Where one is missing, ``support.require`` skips the tests that
+need it, except under CI (``CI=true``), where they fail.
+
+A test that requests one of them (directly or through another fixture) is marked ``integration``
+here; a test that starts servers or processes itself carries the marker in its module.
 """
 
 import json
 import os
 import queue
-import socket
+import secrets
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, pool
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
-REPO = Path(__file__).resolve().parents[1]
+from support import REDIS, REPO, empty_database, free_port, redis_problem, require
+
 LABEL_STUDIO_SCRIPT = REPO / "scripts" / "labelstudio.sh"
+POSTGRES_URL = os.environ.get("NERLOOP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+SERVER_FIXTURES = {"label_studio", "postgres_database", "redis_url"}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _unavailable(reason: str):
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"Label Studio is required under CI: {reason}")
-    pytest.skip(f"Label Studio is not available: {reason}")
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by markers
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SERVER_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
 
 
 def _script(env: dict, *args: str, timeout: float) -> dict:
@@ -64,7 +71,7 @@ def label_studio(tmp_path_factory):
         started = _script(env, "start", port, timeout=300)
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as error:
         _script_stop_quietly(env)
-        _unavailable(str(error))
+        require("Label Studio", str(error))
     try:
         pat = _script(env, "pat", port, timeout=60)["LABEL_STUDIO_PAT"]
         yield LabelStudioServer(started["LABEL_STUDIO_URL"], started["LABEL_STUDIO_API_KEY"], pat, data_dir)
@@ -116,9 +123,47 @@ def webhook_listener():
     server.server_close()
 
 
-@pytest.fixture
-def db_engine(tmp_path):
-    """A fresh SQLite database with the schema, via ``service.db.init_db``."""
-    from service.db import init_db
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The local Redis server's URL; tests that share it use key prefixes of their own."""
+    require("Redis", redis_problem(REDIS))
+    return REDIS
 
-    return init_db(f"sqlite:///{tmp_path / 'nerloop.db'}")
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """The URL of a database of this session's own on the PostgreSQL server (NERLOOP_TEST_POSTGRES_URL,
+    default: the local server, trust auth, database `test`), created here and dropped at the end."""
+    from service.db import get_engine  # the code under test: see support.py
+
+    server = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", poolclass=pool.NullPool, connect_args={"connect_timeout": 5})
+    try:
+        with server.connect():
+            pass
+    except OperationalError as error:
+        require("PostgreSQL", f"nothing answers at {POSTGRES_URL} ({error.orig}). Start it: {START_POSTGRES}")
+    name = f"nerloop_test_{os.getpid()}_{secrets.token_hex(4)}"
+    with server.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        get_engine(url).dispose()
+        with server.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def url(request, tmp_path) -> Iterator[str]:
+    """An empty database: a new SQLite file, or the session's PostgreSQL database emptied after each test."""
+    from service.db import get_engine
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'nerloop.db'}"
+        yield url
+        get_engine(url).dispose()
+        return
+    url = request.getfixturevalue("postgres_database")
+    yield url
+    empty_database(url)

@@ -4,8 +4,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from active_learning.corpus import read_conll
-from active_learning.spans import bio_to_spans, misaligned, spans_to_bio
+from active_learning.spans import bio_to_spans, spans_to_bio
 from active_learning.tagger import Tagger, default_base_model
+from support import misaligned
 
 FILES = [
     "conll2003/eng.train", "conll2003/eng.testa", "conll2003/eng.testb",

@@ -1,73 +1,31 @@
 """The REST API (/api/v1) on a real SQLite database, with a tiny trained tagger as the active model.
 
-Also home to the helpers test_ml_backend.py shares: the trained model and an app per test.
+The app per test (``client``), the trained model and the row helpers are shared: conftest.py, support.py.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import inspect, text
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
 from active_learning.corpus import read_conll, read_jsonl
 from active_learning.spans import Span
-from active_learning.tagger import LABELS_FILE, Tagger
-from active_learning.training import TrainConfig, train
 from service import sync
 from service.api import create_app
 from service.api.deps import get_label_studio
 from service.label_studio import LabelStudioClient
 from service.models import Annotation, Job, ModelStatus, ModelVersion, Prediction, Project, Task, TaskState
-from service.settings import Settings
-from servers import free_port
-from tiny import LABELS, toy_corpus
+from support import add_project, add_version, free_port, make_client, make_settings, snapshot
+from tiny import toy_corpus
 
 API = "/api/v1"
 
 
-# ---- shared helpers -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def trained_model(tiny_encoder, tmp_path_factory) -> Path:
-    """A tiny tagger that has learnt the toy pattern (names PER, cities LOC), saved once per run."""
-    directory = tmp_path_factory.getbasetemp() / "api-tagger"
-    if not (directory / LABELS_FILE).is_file():
-        tagger = Tagger.load(str(tiny_encoder), labels=LABELS, max_length=32, stride=8)
-        config = TrainConfig(epochs=8, min_steps=0, learning_rate=3e-3, batch_size=16, freeze_word_embeddings=False)
-        train(tagger, toy_corpus(120, seed=1), None, config)
-        tagger.save(directory)
-    return directory
-
-
-def make_settings(tmp_path: Path, **overrides) -> Settings:
-    return Settings(_env_file=None, home=tmp_path / "home", database_url=f"sqlite:///{tmp_path / 'nerloop.db'}", **overrides)
-
-
-def make_client(tmp_path: Path, **overrides) -> TestClient:
-    return TestClient(create_app(make_settings(tmp_path, **overrides)))
-
-
-def add_project(client: TestClient, **columns) -> Project:
-    with Session(client.app.state.engine) as session:
-        project = Project(**{"name": "toy", "labels": list(LABELS), **columns})
-        session.add(project)
-        session.commit()
-        session.refresh(project)
-        return project
-
-
-def add_version(client: TestClient, project_id: int, name: str, path: Path | str, status=ModelStatus.candidate, dev_f1=None) -> int:
-    with Session(client.app.state.engine) as session:
-        version = ModelVersion(project_id=project_id, name=name, path=str(path), status=status, dev_f1=dev_f1, train_size=120)
-        session.add(version)
-        session.commit()
-        return version.id
+# ---- helpers ----------------------------------------------------------------------------------------
 
 
 def add_labelled(client: TestClient, project_id: int, text_: str, spans: list, is_dev=False, accepted=True) -> int:
@@ -81,24 +39,8 @@ def add_labelled(client: TestClient, project_id: int, text_: str, spans: list, i
         return task.id
 
 
-def snapshot(client: TestClient) -> dict:
-    """Every row of every table, to prove a request changed nothing."""
-    engine = client.app.state.engine
-    with engine.connect() as connection:
-        return {
-            table: connection.execute(text(f'SELECT * FROM "{table}" ORDER BY 1')).fetchall()
-            for table in inspect(engine).get_table_names()
-        }
-
-
 def fields(response) -> list:
     return [error["field"] for error in response.json()["detail"]]
-
-
-@pytest.fixture
-def client(tmp_path) -> TestClient:
-    with make_client(tmp_path) as test_client:
-        yield test_client
 
 
 # ---- health, auth, docs ---------------------------------------------------------------------------
@@ -195,7 +137,9 @@ def test_attach_reads_labels_and_tag_names_from_label_studio(client, label_studi
     attached = client.post(f"{API}/projects/attach", json={"ls_project_id": ls_id})
     assert attached.status_code == 201
     body = attached.json()
-    assert (body["ls_project_id"], body["labels"], body["from_name"], body["to_name"], body["text_key"]) == (ls_id, ["PER", "LOC", "ORG"], "ner", "doc", "body")
+    assert (body["ls_project_id"], body["labels"], body["from_name"], body["to_name"], body["text_key"]) == (
+        ls_id, ["PER", "LOC", "ORG"], "ner", "doc", "body"
+    )
     again = client.post(f"{API}/projects/attach", json={"ls_project_id": ls_id, "name": "twice"})
     assert again.status_code == 409 and fields(again) == ["body.ls_project_id"]
 
@@ -223,7 +167,9 @@ def test_label_studio_failures_are_bad_gateway_and_store_nothing(client, label_s
 
 def test_import_json_tasks_deduplicates_by_content(client):
     project = add_project(client)
-    body = {"tasks": [{"text": "alice met bob"}, {"text": "alice met bob"}, {"text": "bob went to oslo", "spans": [[12, 16, "LOC"]], "meta": {"id": 3}}]}
+    body = {"tasks": [
+        {"text": "alice met bob"}, {"text": "alice met bob"}, {"text": "bob went to oslo", "spans": [[12, 16, "LOC"]], "meta": {"id": 3}},
+    ]}
     first = client.post(f"{API}/projects/{project.id}/tasks", json=body)
     assert first.status_code == 201
     assert first.json() == {"created": 2, "duplicates": 1}
@@ -258,7 +204,9 @@ def test_upload_task_files(client, filename, content, created):
 
 def test_upload_format_may_be_named_explicitly(client):
     project = add_project(client)
-    response = client.post(f"{API}/projects/{project.id}/tasks/upload", files={"file": ("data.bin", b"text\nhello\n")}, data={"format": "csv"})
+    response = client.post(
+        f"{API}/projects/{project.id}/tasks/upload", files={"file": ("data.bin", b"text\nhello\n")}, data={"format": "csv"}
+    )
     assert response.json() == {"created": 1, "duplicates": 0}
 
 
@@ -315,10 +263,10 @@ def test_promote_keeps_exactly_one_active_and_rollback_restores_the_previous(cli
 def test_promote_refuses_unusable_versions_and_other_projects(client, trained_model, tmp_path):
     project = add_project(client)
     other = add_project(client, name="other")
-    training = add_version(client, project.id, "busy", trained_model, status=ModelStatus.training)
+    unsaved = add_version(client, project.id, "unsaved", "")  # its model directory was never written
     missing = add_version(client, project.id, "gone", tmp_path / "no-such-dir")
     foreign = add_version(client, other.id, "theirs", trained_model)
-    assert client.post(f"{API}/projects/{project.id}/models/{training}/promote").status_code == 409
+    assert client.post(f"{API}/projects/{project.id}/models/{unsaved}/promote").status_code == 409
     assert client.post(f"{API}/projects/{project.id}/models/{missing}/promote").status_code == 409
     response = client.post(f"{API}/projects/{project.id}/models/{foreign}/promote")
     assert response.status_code == 404 and fields(response) == ["path.version_id"]
@@ -589,7 +537,7 @@ def test_cli_reports_bad_input_clearly(cli_env, tmp_path, args, content, message
 def test_retraining_is_due_after_every_n_labelled_tasks(tmp_path):
     """With retrain_every=3, a training is queued once 3 new non-dev tasks are labelled since the
     newest model version was trained, and only once while it waits (coalesced)."""
-    from service.jobs import retrain_if_due
+    from service.job_queue import retrain_if_due
 
     settings = make_settings(tmp_path, dev_share=0.0)
     with make_client(tmp_path, dev_share=0.0) as client:
@@ -686,14 +634,16 @@ def test_next_tasks_follow_the_active_versions_scores_and_annotations_queue_a_re
     assert client.post(f"{API}/projects/{project.id}/tasks/99999/annotations", json={"spans": []}).status_code == 404
     assert snapshot(client) == before
 
-    made = client.post(f"{API}/projects/{project.id}/tasks/{first['id']}/annotations", json={"spans": [[0, 5, "PER"], [10, 13, "PER"]], "annotator": "demo"})
+    annotation = {"spans": [[0, 5, "PER"], [10, 13, "PER"]], "annotator": "demo"}
+    made = client.post(f"{API}/projects/{project.id}/tasks/{first['id']}/annotations", json=annotation)
     assert made.status_code == 201 and made.json()["accepted"] and made.json()["spans"] == [[0, 5, "PER"], [10, 13, "PER"]]
     assert first["id"] not in [t["id"] for t in client.get(f"{API}/projects/{project.id}/tasks/next", params={"limit": 5}).json()]
     assert client.get(f"{API}/projects/{project.id}/jobs").json() == []  # 1 of retrain_every=2 (if not a dev task)
     for task in ranked[1:4]:
         client.post(f"{API}/projects/{project.id}/tasks/{task['id']}/annotations", json={"spans": []})
     with Session(client.app.state.engine) as session:
-        labelled = session.exec(select(Task).where(Task.project_id == project.id, Task.state == TaskState.labelled, Task.is_dev == False)).all()  # noqa: E712
+        training = select(Task).where(Task.project_id == project.id, Task.state == TaskState.labelled, Task.is_dev.is_(False))
+        labelled = session.exec(training).all()
     trainings = [j for j in client.get(f"{API}/projects/{project.id}/jobs").json() if j["kind"] == "train"]
     assert len(labelled) >= 2  # dev tasks are hash-chosen: 4 labelled texts leave at least 2 for training here
     assert len(trainings) == 1 and trainings[0]["status"] == "queued"

@@ -10,14 +10,11 @@ import pytest
 
 from active_learning.corpus import read_conll
 from active_learning.spans import Example, Span, validate
-from augment import METHODS, AugmentError, ContextAugmenter, apply, faithful, run
-from augment import wordnet
+from augment import AUGMENTERS, AugmentError, ContextAugmenter, apply, faithful, run, wordnet
 from augment.tokens import tokenize
 from tiny import FILLER, build_tiny_marian, toy_corpus
 
 pytestmark = pytest.mark.filterwarnings("ignore:Recommended. pip install sacremoses")  # Marian's optional normaliser
-
-SIMPLE = ["mention_replacement", "token_replacement", "synonym", "shuffle"]
 
 
 @pytest.fixture(scope="session")
@@ -73,37 +70,57 @@ def assert_label_preserving(source: Example, output: Example, keeps_mentions: bo
         assert output.mentions() == source.mentions()
 
 
-def test_methods_and_their_queues():
-    assert METHODS == {
-        "backtranslate": "gpu",
-        "mention_replacement": "cpu",
-        "token_replacement": "cpu",
-        "synonym": "cpu",
-        "shuffle": "cpu",
+def test_methods_and_whether_they_need_an_accelerator():
+    assert {name: cls.needs_accelerator for name, cls in AUGMENTERS.items()} == {
+        "backtranslate": True,
+        "mention_replacement": False,
+        "token_replacement": False,
+        "synonym": False,
+        "shuffle": False,
     }
 
 
-@pytest.mark.parametrize("method", [*SIMPLE, "backtranslate"])
-def test_every_output_keeps_valid_spans_on_the_toy_corpus(method, corpus, wordnet_cache, marian):
-    by_id = {e.meta["task_id"]: e for e in corpus}
-    report = run(method, corpus, n=2, seed=1, params=params_for(method, wordnet_cache, marian), labelled=corpus)
-    assert len(report.examples) >= len(corpus) // 2, report.as_dict()
-    assert report.dropped == 0  # these augmenters never produce a broken output themselves
-    for output in report.examples:
-        assert_label_preserving(by_id[output.meta["source"]], output, method in ("synonym", "backtranslate"))
-    counts = report.as_dict()
-    assert counts["generated"] == 2 * len(corpus) == counts["kept"] + counts["dropped"] + counts["duplicates"]
+@pytest.mark.parametrize("method", list(AUGMENTERS))
+class TestEveryAugmenter:
+    """What each augmenter of the registry promises: every output has valid, trimmed spans with the
+    source's entity types in the source's order; a context-only one (``keeps_mentions``) carries the
+    source's mentions verbatim; nothing it emits is dropped by the checks; the counts add up; and the
+    same seed gives the same outputs, another seed others."""
+
+    def test_every_output_is_label_preserving_on_the_toy_corpus(self, method, corpus, wordnet_cache, marian):
+        by_id = {e.meta["task_id"]: e for e in corpus}
+        report = run(method, corpus, n=2, seed=1, params=params_for(method, wordnet_cache, marian), labelled=corpus)
+        assert len(report.examples) >= len(corpus) // 2, report.as_dict()
+        assert report.dropped == 0  # these augmenters never produce a broken output themselves
+        for output in report.examples:
+            assert_label_preserving(by_id[output.meta["source"]], output, AUGMENTERS[method].keeps_mentions)
+        counts = report.as_dict()
+        assert counts["generated"] == 2 * len(corpus) == counts["kept"] + counts["dropped"] + counts["duplicates"]
+
+    def test_every_output_is_label_preserving_on_conll(self, method, conll, wordnet_cache, marian):
+        sources = numbered(conll[:60] if method == "backtranslate" else conll)
+        report = run(method, sources, n=1, seed=0, params=params_for(method, wordnet_cache, marian), labelled=conll)
+        assert report.examples and report.dropped == 0, report.as_dict()
+        for output in report.examples:
+            source = sources[output.meta["source"]]
+            assert_label_preserving(source, output, AUGMENTERS[method].keeps_mentions)
+            assert output.text != source.text
+
+    def test_the_same_seed_gives_the_same_outputs(self, method, corpus, wordnet_cache, marian):
+        sources = corpus[:20] if method == "backtranslate" else corpus
+        params = params_for(method, wordnet_cache, marian)
+
+        def outputs(seed):
+            report = run(method, sources, n=2, seed=seed, params=params, labelled=corpus)
+            return [(e.text, e.spans, e.meta["source"]) for e in report.examples]
+
+        first = outputs(11)
+        assert first == outputs(11)
+        assert first != outputs(12)
 
 
-@pytest.mark.parametrize("method", [*SIMPLE, "backtranslate"])
-def test_every_output_keeps_valid_spans_on_conll(method, conll, wordnet_cache, marian):
-    sources = numbered(conll[:60] if method == "backtranslate" else conll)
-    report = run(method, sources, n=1, seed=0, params=params_for(method, wordnet_cache, marian), labelled=conll)
-    assert report.examples and report.dropped == 0, report.as_dict()
-    for output in report.examples:
-        source = sources[output.meta["source"]]
-        assert_label_preserving(source, output, method in ("synonym", "backtranslate"))
-        assert output.text != source.text
+def test_the_context_only_methods():
+    assert {name for name, cls in AUGMENTERS.items() if cls.keeps_mentions} == {"synonym", "backtranslate"}
 
 
 def test_outputs_are_deduplicated_against_source_each_other_and_the_labelled_set():
@@ -133,24 +150,6 @@ def test_provenance_in_meta(corpus):
     assert report.examples[0].meta["params"] == {"p": 0.3}
 
 
-@pytest.mark.parametrize("method", SIMPLE)
-def test_same_seed_same_outputs(method, corpus, wordnet_cache):
-    params = params_for(method, wordnet_cache)
-    first = run(method, corpus, n=2, seed=11, params=params, labelled=corpus)
-    again = run(method, corpus, n=2, seed=11, params=params, labelled=corpus)
-    other = run(method, corpus, n=2, seed=12, params=params, labelled=corpus)
-    as_tuples = lambda r: [(e.text, e.spans, e.meta["source"]) for e in r.examples]  # noqa: E731
-    assert as_tuples(first) == as_tuples(again)
-    assert as_tuples(first) != as_tuples(other)
-
-
-def test_back_translation_is_deterministic_given_the_seed(corpus, marian):
-    params = params_for("backtranslate", "", marian)
-    first = run("backtranslate", corpus[:20], n=2, seed=3, params=params)
-    again = run("backtranslate", corpus[:20], n=2, seed=3, params=params)
-    assert [(e.text, e.spans) for e in first.examples] == [(e.text, e.spans) for e in again.examples]
-
-
 @pytest.mark.parametrize(
     "method, params, n, field",
     [
@@ -170,6 +169,22 @@ def test_bad_method_params_or_n_name_the_field(method, params, n, field, corpus)
     with pytest.raises(AugmentError, match=field.replace(".", r"\.")):
         run(method, corpus[:3], n=n, params=params)
     assert issubclass(AugmentError, ValueError)
+
+
+@pytest.mark.parametrize(
+    "method, params, n, loc",
+    [
+        ("paraphrase", None, 1, ("method",)),
+        ("shuffle", {"p": 1.5}, 1, ("params", "p")),
+        ("backtranslate", {"top_p": 0.0}, 1, ("params", "top_p")),
+        ("mention_replacement", None, 0, ("n",)),
+    ],
+)
+def test_the_field_is_also_given_as_a_structured_location(method, params, n, loc, corpus):
+    with pytest.raises(AugmentError) as error:
+        run(method, corpus[:3], n=n, params=params)
+    assert error.value.loc == loc
+    assert str(error.value) == f"{'.'.join(loc)}: {error.value.reason}"
 
 
 def test_a_model_that_cannot_be_loaded_names_the_field(tmp_path, corpus):
@@ -199,7 +214,7 @@ def test_wordnet_is_copied_with_lexnames(wordnet_cache):
     assert len(lines) == 45
     assert lines[0] == "00\tadj.all\t3" and lines[18] == "18\tnoun.person\t1" and lines[44] == "44\tadj.ppl\t3"
     assert not (root / "data.noun").is_symlink() and (root / "data.noun").stat().st_size > 1_000_000
-    assert "travel" in {l.name() for s in wordnet.reader(Path(wordnet_cache)).synsets("trip") for l in s.lemmas()}
+    assert "travel" in {lemma.name() for s in wordnet.reader(Path(wordnet_cache)).synsets("trip") for lemma in s.lemmas()}
 
 
 def test_mention_replacement_uses_same_type_mentions_from_the_labelled_set(corpus):

@@ -3,20 +3,17 @@
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import httpx
 
 from active_learning.corpus import write_jsonl
 from active_learning.spans import Example
 from service.label_studio import results_from_spans
-
-NERLOOP = str(Path(sys.executable).parent / "nerloop")
+from support import NERLOOP
 
 
 def run(env, *args):
-    return subprocess.run([NERLOOP, *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([*NERLOOP, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_init_import_sync_export(label_studio, tmp_path):
@@ -42,7 +39,8 @@ def test_init_import_sync_export(label_studio, tmp_path):
     ls_project = max(p["id"] for p in projects if p["title"] == "cli test")
     tasks = browser.get("/api/tasks/", params={"project": ls_project}).json()["tasks"]
     first = next(t for t in tasks if t["data"]["text"] == texts[0])
-    answer = browser.post(f"/api/tasks/{first['id']}/annotations/", json={"result": results_from_spans(texts[0], [(0, 4, "PER"), (13, 17, "LOC")])})
+    result = results_from_spans(texts[0], [(0, 4, "PER"), (13, 17, "LOC")])
+    answer = browser.post(f"/api/tasks/{first['id']}/annotations/", json={"result": result})
     assert answer.status_code == 201, answer.text
 
     synced = run(env, "sync", "--project", "1")
@@ -56,7 +54,8 @@ def test_init_import_sync_export(label_studio, tmp_path):
 
 
 def test_clear_errors_for_a_wrong_token_or_an_unreachable_server(label_studio, tmp_path):
-    env = {**os.environ, "NERLOOP_HOME": str(tmp_path), "NERLOOP_LABEL_STUDIO_URL": label_studio.url, "NERLOOP_LABEL_STUDIO_API_KEY": "not-a-token"}
+    env = {**os.environ, "NERLOOP_HOME": str(tmp_path), "NERLOOP_LABEL_STUDIO_URL": label_studio.url}
+    env["NERLOOP_LABEL_STUDIO_API_KEY"] = "not-a-token"
     wrong = run(env, "init", "--name", "x", "--labels", "PER")
     assert wrong.returncode == 2 and "refused the API key" in wrong.stdout
     env["NERLOOP_LABEL_STUDIO_URL"] = "http://127.0.0.1:9"

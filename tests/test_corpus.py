@@ -1,11 +1,12 @@
-"""corpus.py: readers and writers, checked against the real corpora under /work/shared/data and on
-small handmade files for the edge cases."""
+"""corpus.py: readers and writers, checked against the real corpora beside the checkout
+(../shared/data; tests marked ``real_corpora`` skip without them, except under CI) and on small
+handmade files for the edge cases."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,9 @@ from active_learning.corpus import (
     write_jsonl,
 )
 from active_learning.spans import Example, Span, iob1_to_iob2, spans_to_bio
+from support import SHARED_DATA as DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+real_corpora = pytest.mark.usefixtures("shared_data")  # read DATA: skipped (locally) or failed (CI) without it
 
 # Sentence and entity counts copied from each folder's SOURCE.txt.
 REAL = {
@@ -64,18 +66,12 @@ def _params(names):
     return list(names)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _data_present():
-    if not DATA.is_dir():
-        pytest.fail(f"the shared corpora are missing at {DATA}")
-
-
-@lru_cache(maxsize=None)
+@cache
 def examples_of(name: str) -> tuple[Example, ...]:
     return tuple(read_conll(DATA / name))
 
 
-@lru_cache(maxsize=None)
+@cache
 def original_sentences(name: str) -> tuple[tuple[list[str], list[str]], ...]:
     """The file parsed independently of corpus.py: (tokens, tags) per blank-line-separated block.
     Weibo tokens carry a position suffix ('科0'); the text is their first character."""
@@ -117,6 +113,7 @@ def original_entities(tokens: list[str], tags: list[str], separator: str) -> lis
 # ---- the real corpora -------------------------------------------------------------------------
 
 
+@real_corpora
 @pytest.mark.parametrize("name", list(REAL))
 def test_real_corpus_counts_match_source_txt(name):
     sentences, per_type = REAL[name]
@@ -126,6 +123,7 @@ def test_real_corpus_counts_match_source_txt(name):
     assert sum(len(example.spans) for example in examples) == TOTAL_ENTITIES[name]
 
 
+@real_corpora
 @pytest.mark.parametrize("name", list(REAL))
 def test_real_corpus_text_and_mentions_match_the_original_tokens(name):
     separator = "" if name in CHINESE else " "
@@ -137,6 +135,7 @@ def test_real_corpus_text_and_mentions_match_the_original_tokens(name):
         assert [(example.text[s.start : s.end], s.label) for s in example.spans] == expected
 
 
+@real_corpora
 @pytest.mark.parametrize("name", CHINESE)
 def test_real_chinese_corpus_round_trips_at_character_level(name):
     """What the reader keeps of a character corpus: one character per original token, and IOB2 tags
@@ -147,6 +146,7 @@ def test_real_chinese_corpus_round_trips_at_character_level(name):
         assert spans_to_bio(example.spans, characters) == iob1_to_iob2(tags)
 
 
+@real_corpora
 @pytest.mark.parametrize("name", _params(REAL))
 def test_real_corpus_round_trips_through_conll_rows(name):
     mismatched = []
@@ -157,6 +157,7 @@ def test_real_corpus_round_trips_through_conll_rows(name):
     assert mismatched == [], f"{len(mismatched)} sentences differ, first {mismatched[:5]}"
 
 
+@real_corpora
 def test_real_iob1_file_is_converted():
     """eng.train is IOB1 (entities start with I-), so its rows must start every entity with B-."""
     rows = [row for example in examples_of("conll2003/eng.train")[:300] for row in to_conll_rows(example)]
@@ -168,11 +169,13 @@ def test_real_iob1_file_is_converted():
     assert original_starts["B-"] < 5  # the file itself almost never writes B-
 
 
-@pytest.mark.parametrize("name", _params(["conll2003/eng.testa", "weibo_ner/weiboNER_2nd_conll.dev", "peoples_daily_dev_test_only/example.dev"]))
+@real_corpora
+@pytest.mark.parametrize("name", ["conll2003/eng.testa", "weibo_ner/weiboNER_2nd_conll.dev", "peoples_daily_dev_test_only/example.dev"])
 def test_real_examples_survive_write_conll_then_read_conll(name, tmp_path):
     assert_conll_round_trip(examples_of(name)[:300], tmp_path)
 
 
+@real_corpora
 def test_all_wide_chinese_examples_survive_write_conll_then_read_conll(tmp_path):
     """The Chinese round trip holds while every character is wide (each one its own token)."""
     examples = [e for e in examples_of("peoples_daily_dev_test_only/example.dev") if len(word_offsets(e.text)) == len(e.text)][:300]
@@ -190,6 +193,7 @@ def assert_conll_round_trip(examples, tmp_path):
     assert [(e.text, e.spans) for e in back] == [(e.text, e.spans) for e in examples]
 
 
+@real_corpora
 @pytest.mark.parametrize("name", list(REAL))
 def test_real_examples_survive_write_jsonl_then_read_jsonl(name, tmp_path):
     examples = examples_of(name)[:300]
@@ -202,6 +206,7 @@ def test_real_examples_survive_write_jsonl_then_read_jsonl(name, tmp_path):
         assert examples[0].text[:5] in (tmp_path / "out.jsonl").read_text(encoding="utf-8")
 
 
+@real_corpora
 def test_weibo_label_map_renames_and_drops_types():
     name = "weibo_ner/weiboNER_2nd_conll.dev"
     label_map = {"PER.NAM": "PER", "ORG.NAM": "ORG", "LOC.NAM": "LOC", "GPE.NAM": "LOC",
@@ -461,6 +466,7 @@ def test_read_corpus_dispatches_on_suffix(tmp_path, label_studio_export):
         read_corpus(tmp_path)  # a directory is not a corpus
 
 
+@real_corpora
 def test_read_corpus_of_the_real_conll_file():
     assert len(read_corpus(DATA / "conll2003/eng.testb")) == 3453
 

@@ -1,17 +1,15 @@
 """The dashboard and /metrics against a real API server (uvicorn, with an API token) on a seeded
 SQLite database. The page is rendered by headless Chromium; its DOM and a screenshot are checked.
 
-Chromium missing: skipped, except under CI (``CI=true``), where it fails.
+Chromium missing: the page's tests are skipped, except under CI (``CI=true``), where they fail.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import threading
-import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -27,11 +25,11 @@ from service.api import create_app
 from service.db import init_db
 from service.models import Annotation, Job, JobStatus, ModelStatus, ModelVersion, Project, Task, TaskState
 from service.settings import Settings
-from servers import free_port
+from support import free_port, require, wait_until
 
 TOKEN = "dashboard-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-T0 = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
 # (text, accepted spans, is_dev): entities PER 5, LOC 3, ORG 0
 LABELLED = [
@@ -89,7 +87,8 @@ def seed(url: str) -> int:
             ModelVersion(project_id=project.id, name="v1", path="/models/v1", status=ModelStatus.retired, dev_f1=0.5, train_size=2,
                          metrics=dev_metrics(0.5, {"PER": 0.6, "LOC": 0.4}, "no active version", 14), created_at=T0),
             ModelVersion(project_id=project.id, name="v2", path="/models/v2", status=ModelStatus.active, dev_f1=0.8, train_size=3,
-                         metrics=dev_metrics(0.8, {"PER": 0.9, "LOC": 0.7}, "dev F1 0.8000 >= active 0.5000", 21), created_at=T0 + timedelta(hours=1)),
+                         metrics=dev_metrics(0.8, {"PER": 0.9, "LOC": 0.7}, "dev F1 0.8000 >= active 0.5000", 21),
+                         created_at=T0 + timedelta(hours=1)),
         ])
         for n, (kind, status, seconds, progress, error) in enumerate(JOBS):
             created = T0 + timedelta(minutes=10 * n)
@@ -97,7 +96,7 @@ def seed(url: str) -> int:
             session.add(Job(
                 project_id=project.id, kind=kind, status=status, error=error, created_at=created, started_at=started,
                 finished_at=started + timedelta(seconds=seconds) if seconds is not None else None,
-                progress={**progress, "owner": {"token": "worker-secret"}, "heartbeat": created.isoformat()},
+                progress=progress, owner_token="worker-secret", heartbeat_at=created,
             ))
         session.commit()
         return project.id
@@ -113,11 +112,8 @@ def api(tmp_path_factory):
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the API server did not start")
-        time.sleep(0.05)
+    wait_until(lambda: server.started or not thread.is_alive(), 30, 0.05, "the API server to start")
+    assert server.started, "the API server stopped while starting"
     yield f"http://127.0.0.1:{server.config.port}", project_id
     server.should_exit = True
     thread.join(timeout=10)
@@ -173,10 +169,7 @@ def test_dashboard_json(api):
 
 def chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("headless Chromium is required under CI (apt-get install chromium)")
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    require("headless Chromium", None if found else "not installed (Debian: apt-get install chromium)")
     return found
 
 
@@ -245,6 +238,7 @@ def test_page_is_served_without_data_or_token(api):
     assert "http://" not in outside and "https://" not in outside  # nothing loads from elsewhere
 
 
+@pytest.mark.integration
 def test_page_asks_for_the_token(api, tmp_path):
     base, project_id = api
     dom = Elements(run_chromium(tmp_path, f"{base}/dashboard?project={project_id}", "--dump-dom"))
@@ -253,6 +247,7 @@ def test_page_asks_for_the_token(api, tmp_path):
     assert "API token" in dom.one("div", id="message")["text"]
 
 
+@pytest.mark.integration
 def test_page_renders_the_project(api, tmp_path):
     base, project_id = api
     dom = Elements(run_chromium(tmp_path, f"{base}/dashboard?project={project_id}#token={TOKEN}", "--dump-dom"))
@@ -293,6 +288,7 @@ def test_page_renders_the_project(api, tmp_path):
     }
 
 
+@pytest.mark.integration
 def test_screenshot(api, tmp_path):
     base, project_id = api
     png = tmp_path / "dashboard.png"
@@ -347,7 +343,8 @@ def test_metrics_from_the_database(api):
     train = {"kind": "train", "status": "succeeded"}
     assert value(samples, "nerloop_job_duration_seconds_count", **train) == 2
     assert value(samples, "nerloop_job_duration_seconds_sum", **train) == 240
-    assert [value(samples, "nerloop_job_duration_seconds_bucket", **train, le=le) for le in ("60.0", "120.0", "300.0", "+Inf")] == [0, 1, 2, 2]
+    buckets = ("60.0", "120.0", "300.0", "+Inf")
+    assert [value(samples, "nerloop_job_duration_seconds_bucket", **train, le=le) for le in buckets] == [0, 1, 2, 2]
     assert value(samples, "nerloop_job_duration_seconds_count", kind="sync", status="failed") == 1
     assert value(samples, "nerloop_job_duration_seconds_count", kind="train", status="running") is None  # not finished
 

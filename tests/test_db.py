@@ -1,28 +1,24 @@
 """db.py and the Alembic migrations, on SQLite (a file in tmp_path) and on PostgreSQL.
 
-PostgreSQL is reached at NERLOOP_TEST_POSTGRES_URL (default: the local server, trust auth, database
-`test`); each test session works in a database of its own, created here and dropped at the end.
+The ``url`` fixture (servers.py) gives each test an empty database, a new SQLite file or the
+session's own database on PostgreSQL, which is reached at NERLOOP_TEST_POSTGRES_URL (default: the
+local server, trust auth, database `test`).
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
-import time
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, func, inspect, pool, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import func, inspect, text
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, select
 
 from service import db
@@ -39,55 +35,9 @@ from service.models import (
     Task,
     TaskState,
 )
+from support import REPO, wait_until
 
-POSTGRES_URL = os.environ.get("NERLOOP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
-REPO = Path(__file__).resolve().parents[1]
 ENUM_TYPES = {"taskstate", "modelstatus", "jobstatus"}
-
-
-@pytest.fixture(scope="session")
-def postgres_database() -> Iterator[str]:
-    """The URL of a database of this session's own on the PostgreSQL server."""
-    server = create_engine(
-        POSTGRES_URL, isolation_level="AUTOCOMMIT", poolclass=pool.NullPool, connect_args={"connect_timeout": 5}
-    )
-    try:
-        with server.connect():
-            pass
-    except OperationalError as error:
-        message = f"PostgreSQL does not answer at {POSTGRES_URL} ({error.orig}). Start it: {START_POSTGRES}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    name = f"nerloop_test_{os.getpid()}_{secrets.token_hex(4)}"
-    with server.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        get_engine(url).dispose()
-        with server.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path) -> Iterator[str]:
-    """An empty database: a new SQLite file, or the session's PostgreSQL database emptied after each test."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'nerloop.db'}"
-        yield url
-        get_engine(url).dispose()
-        return
-    url = request.getfixturevalue("postgres_database")
-    yield url
-    engine = get_engine(url)
-    engine.dispose()  # no pooled connection may keep a plan that refers to the types dropped below
-    with engine.begin() as connection:
-        connection.exec_driver_sql("DROP SCHEMA public CASCADE")
-        connection.exec_driver_sql("CREATE SCHEMA public")
-    engine.dispose()
 
 
 def head() -> str:
@@ -141,7 +91,7 @@ def test_downgrade_to_base_then_upgrade_again(url):
 
 def test_every_table_round_trips(url):
     init_db(url)
-    pulled = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=timezone.utc)
+    pulled = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
     with session_scope(url) as session:
         project = Project(name="新闻 NER", labels=["PER", "LOC", "ORG", "人名"], ls_project_id=7, last_pulled_at=pulled)
         session.add(project)
@@ -300,9 +250,7 @@ def test_two_processes_initialise_a_fresh_database_at_once(url, tmp_path):
         )
         for i in range(2)
     ]
-    deadline = time.monotonic() + 60
-    while not all((tmp_path / f"ready{i}").exists() for i in range(2)) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: all((tmp_path / f"ready{i}").exists() for i in range(2)), 60, 0.01, "both processes to be ready")
     go.touch()
     errors = [racer.communicate(timeout=60)[1] for racer in racers]
     assert [racer.returncode for racer in racers] == [0, 0], errors

@@ -538,7 +538,9 @@ def test_torch_is_pyprojects_pin_from_a_chosen_index():
     installs = [run for run in instruction("RUN") if re.search(r"\btorch==", run)]
     assert installs, "the Dockerfile does not install torch"
     for run in installs:
-        assert pin.replace(" ", "") in run.split() and "${TORCH_INDEX_URL}" in run, f"torch install: {run!r}; expected {pin} from $TORCH_INDEX_URL"
+        assert pin.replace(" ", "") in run.split() and "${TORCH_INDEX_URL}" in run, (
+            f"torch install: {run!r}; expected {pin} from $TORCH_INDEX_URL"
+        )
     first_torch = next(i for i, (k, a) in enumerate(dockerfile_instructions()) if k == "RUN" and "torch==" in a)
     first_copy = next(i for i, (k, _) in enumerate(dockerfile_instructions()) if k == "COPY")
     assert first_torch < first_copy, "torch goes in before the sources, so a code change does not reinstall it"

@@ -16,15 +16,12 @@ import uuid
 
 import httpx
 import pytest
-from sqlalchemy import create_engine
+import redis
 
 from active_learning.corpus import read_jsonl
-from service import demo
-from servers import free_port
+from service.cli import demo
+from support import TINY_TRAIN, empty_database, free_port
 from tiny import LABELS, toy_corpus
-
-from test_db import postgres_database  # noqa: F401  (fixture: a PostgreSQL database of this session)
-from test_workers import REDIS, TINY_TRAIN, redis_or_skip
 
 API = "/api/v1"
 TASKS = 300
@@ -32,8 +29,7 @@ RETRAIN_EVERY = 40
 
 
 @pytest.fixture
-def stack(tmp_path, label_studio, postgres_database, tiny_encoder):  # noqa: F811
-    redis_or_skip()
+def stack(tmp_path, label_studio, postgres_database, redis_url, tiny_encoder):
     prefix = f"nerloop-e2e-{uuid.uuid4().hex[:8]}:"
     port = free_port()
     secret = demo.new_secret()
@@ -41,8 +37,8 @@ def stack(tmp_path, label_studio, postgres_database, tiny_encoder):  # noqa: F81
     env = demo.environment(tmp_path / "home", port, config, (label_studio.url, label_studio.token), secret)
     env.update(
         NERLOOP_DATABASE_URL=postgres_database,
-        NERLOOP_BROKER_URL=REDIS,
-        NERLOOP_RESULT_BACKEND=REDIS,
+        NERLOOP_BROKER_URL=redis_url,
+        NERLOOP_RESULT_BACKEND=redis_url,
         NERLOOP_BROKER_TRANSPORT_OPTIONS=json.dumps({"global_keyprefix": prefix}),
         NERLOOP_RESULT_BACKEND_TRANSPORT_OPTIONS=json.dumps({"global_keyprefix": prefix}),
         NERLOOP_BASE_MODEL=str(tiny_encoder),
@@ -56,14 +52,8 @@ def stack(tmp_path, label_studio, postgres_database, tiny_encoder):  # noqa: F81
         yield running
     finally:
         running.stop()
-        engine = create_engine(postgres_database)
-        with engine.begin() as connection:  # leave the session's database empty for the next test
-            connection.exec_driver_sql("DROP SCHEMA public CASCADE")
-            connection.exec_driver_sql("CREATE SCHEMA public")
-        engine.dispose()
-        import redis
-
-        client = redis.Redis.from_url(REDIS)
+        empty_database(postgres_database)  # for the next test
+        client = redis.Redis.from_url(redis_url)
         for key in client.scan_iter(f"{prefix}*"):
             client.delete(key)
 

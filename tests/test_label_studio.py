@@ -8,17 +8,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from servers import free_port
 from service import label_studio as ls_module
 from service.label_studio import (
     LabelConfig,
     LabelStudioClient,
     LabelStudioError,
+    client_from_settings,
     labelling_config,
     parse_labelling_config,
     parse_ls_datetime,
     results_from_spans,
 )
+from service.settings import Settings
+from support import free_port
 
 LABELS = ["PER", "ORG", "LOC"]
 
@@ -72,6 +74,13 @@ def test_unreachable_label_studio_is_a_clear_error():
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(LabelStudioError, match=rf"cannot reach Label Studio at {url} .*ConnectError.*3 attempts"):
         LabelStudioClient(url, "any-token", retries=2, backoff=0.01).whoami()
+
+
+def test_the_client_comes_from_the_settings_and_needs_an_api_key():
+    assert client_from_settings(Settings(_env_file=None, label_studio_api_key="")) is None
+    settings = Settings(_env_file=None, label_studio_url="http://127.0.0.1:9/", label_studio_api_key="any-token")
+    client = client_from_settings(settings, retries=1)
+    assert (client.url, client.retries) == ("http://127.0.0.1:9", 1)
 
 
 # --- tokens --------------------------------------------------------------------------------------

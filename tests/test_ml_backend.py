@@ -5,10 +5,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -16,21 +12,16 @@ import pytest
 from sqlmodel import Session, select
 
 from active_learning.strategies import make_strategy
-from active_learning.tagger import Prediction
+from active_learning.tagger import TaggedText
 from service import sync
 from service.api.ml_backend import label_studio_project_id
 from service.models import Job, ModelStatus
-from service.predictor import NoActiveModel, Predictor, samples_for, task_confidence, task_scores
-from servers import free_port
-from test_api import add_project, add_version, make_client, make_settings, snapshot, trained_model  # noqa: F401 (fixture)
+from service.predictor import Predictor, samples_for, task_confidence, task_scores
+from support import add_project, add_version, make_client, make_settings, nerloop_serve, snapshot
 
-LABEL_CONFIG = '<View><Labels name="ner" toName="doc"><Label value="PER"/><Label value="LOC"/></Labels><Text name="doc" value="$body"/></View>'
-
-
-@pytest.fixture
-def client(tmp_path):
-    with make_client(tmp_path) as test_client:
-        yield test_client
+LABEL_CONFIG = (
+    '<View><Labels name="ner" toName="doc"><Label value="PER"/><Label value="LOC"/></Labels><Text name="doc" value="$body"/></View>'
+)
 
 
 @pytest.fixture
@@ -70,7 +61,10 @@ def test_setup_without_a_model_is_untrained(client):
 
 @pytest.mark.parametrize(
     "reference, expected",
-    [("12.1717171717", 12), ("12", 12), (" 7.1", 7), ("x.1", None), ("12x", None), ("", None), (None, None), ("99999999999999999999.1", None), ("0.5", None)],
+    [
+        ("12.1717171717", 12), ("12", 12), (" 7.1", 7), ("x.1", None), ("12x", None), ("", None), (None, None),
+        ("99999999999999999999.1", None), ("0.5", None),
+    ],
 )
 def test_label_studio_project_reference(reference, expected):
     assert label_studio_project_id(reference) == expected
@@ -89,14 +83,16 @@ def test_predict_returns_one_result_per_task_with_regions(served):
         {"id": 5},
         {"id": 6, "data": {"body": "carol went to oslo"}},
     ]
-    response = client.post("/ml/predict", json={"tasks": tasks, "project": "12.1717171717", "label_config": LABEL_CONFIG, "params": {"context": None}})
+    body = {"tasks": tasks, "project": "12.1717171717", "label_config": LABEL_CONFIG, "params": {"context": None}}
+    response = client.post("/ml/predict", json=body)
     assert response.status_code == 200
     results = response.json()["results"]
     assert len(results) == len(tasks)
     assert all(r["model_version"] == "v1" for r in results)
 
     first = results[0]
-    assert [(r["value"]["text"], r["value"]["labels"]) for r in first["result"]] == [("alice", ["PER"]), ("bob", ["PER"]), ("paris", ["LOC"])]
+    regions = [(r["value"]["text"], r["value"]["labels"]) for r in first["result"]]
+    assert regions == [("alice", ["PER"]), ("bob", ["PER"]), ("paris", ["LOC"])]
     for region in first["result"]:
         assert (region["from_name"], region["to_name"], region["type"]) == ("ner", "doc", "labels")
         assert tasks[0]["data"]["body"][region["value"]["start"] : region["value"]["end"]] == region["value"]["text"]
@@ -135,7 +131,11 @@ def test_predict_rejects_malformed_bodies_without_a_500(served):
         response = client.post("/ml/predict", json=body)
         assert response.status_code == 422, (body, response.text)
         assert field in [e["field"] for e in response.json()["detail"]], (body, response.json())
-    odd = client.post("/ml/predict", content=b'{"tasks": [{"data": {"body": "lone \\ud800"}}, {"data": {"body": 5}}], "project": "12.1"}', headers={"Content-Type": "application/json"})
+    odd = client.post(
+        "/ml/predict",
+        content=b'{"tasks": [{"data": {"body": "lone \\ud800"}}, {"data": {"body": 5}}], "project": "12.1"}',
+        headers={"Content-Type": "application/json"},
+    )
     assert odd.status_code == 200 and [r["result"] for r in odd.json()["results"]] == [[], []]
     assert snapshot(client) == before
 
@@ -151,7 +151,8 @@ def test_webhook_answers_at_once_and_queues_training(client, monkeypatch):
 
     # Without basic auth on /ml anyone could post here: annotations come through the secret-checked
     # /api/v1/webhooks/label-studio instead.
-    created = client.post("/ml/webhook", json={"action": "ANNOTATION_CREATED", "project": ls_project, "annotation": {"id": 1}, "task": {"id": 2}})
+    event = {"action": "ANNOTATION_CREATED", "project": ls_project, "annotation": {"id": 1}, "task": {"id": 2}}
+    created = client.post("/ml/webhook", json=event)
     assert created.status_code == 200 and created.json()["status"].startswith("ignored")
     assert seen == []
 
@@ -201,7 +202,8 @@ def test_basic_auth_on_ml_when_configured(tmp_path):
             assert denied.status_code == 401 and denied.headers["www-authenticate"].startswith("Basic")
             assert getattr(client, method)(path, headers=auth("ls", "wrong"), **kwargs).status_code == 401
         assert client.get("/ml/health", headers=auth("ls", "pw")).status_code == 200
-        assert client.post("/ml/predict", json={"tasks": [{"data": {"text": "x"}}]}, headers=auth("ls", "pw")).json()["results"][0]["model_version"] == "untrained"
+        answer = client.post("/ml/predict", json={"tasks": [{"data": {"text": "x"}}]}, headers=auth("ls", "pw"))
+        assert answer.json()["results"][0]["model_version"] == "untrained"
 
 
 # ---- the predictor --------------------------------------------------------------------------------
@@ -210,8 +212,6 @@ def test_basic_auth_on_ml_when_configured(tmp_path):
 def test_predictor_caches_by_path_and_follows_the_active_version(client, trained_model, tmp_path):
     project = add_project(client)
     predictor = Predictor(client.app.state.settings.database_url)
-    with pytest.raises(NoActiveModel):
-        predictor.predict(project.id, ["alice"])
     assert predictor.active(project.id) is None
 
     copy = tmp_path / "copy"
@@ -226,14 +226,14 @@ def test_predictor_caches_by_path_and_follows_the_active_version(client, trained
     assert client.post(f"/api/v1/projects/{project.id}/models/{first}/promote").status_code == 200
     assert predictor.active(project.id).tagger is one.tagger  # back to the cached v1
 
-    (prediction,) = predictor.predict(project.id, ["yesterday alice met bob in paris ."])
+    (prediction,) = predictor.active(project.id).predict(["yesterday alice met bob in paris ."])
     assert [s.label for s in prediction.spans] == ["PER", "PER", "LOC"]
 
 
 def test_task_confidence_is_the_geometric_mean_of_the_best_tag_probabilities():
     def prediction(*rows):
         marginals = np.array(rows, dtype=np.float32).reshape(len(rows), 3)
-        return Prediction(spans=[], words=[(i, i + 1) for i in range(len(rows))], marginals=marginals)
+        return TaggedText(spans=[], words=[(i, i + 1) for i in range(len(rows))], marginals=marginals)
 
     sure = prediction([0.9, 0.05, 0.05], [0.1, 0.6, 0.3])
     assert task_confidence(sure) == pytest.approx((0.9 * 0.6) ** 0.5)
@@ -247,36 +247,16 @@ def test_task_confidence_is_the_geometric_mean_of_the_best_tag_probabilities():
 # ---- a real server --------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_nerloop_serve_answers_over_http(tmp_path):
-    port = free_port()
     settings = make_settings(tmp_path)
     env = {**os.environ, "NERLOOP_HOME": str(settings.home), "NERLOOP_DATABASE_URL": settings.database_url, "NERLOOP_API_TOKEN": "s3cret"}
-    script = Path(sys.executable).parent / "nerloop"
-    command = [str(script)] if script.is_file() else [sys.executable, "-m", "service.cli"]
-    server = subprocess.Popen([*command, "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                health = httpx.get(f"{base}/api/v1/health", timeout=2)
-                break
-            except httpx.TransportError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    output = server.stdout.read().decode() if server.poll() is not None else ""
-                    pytest.fail(f"nerloop serve did not come up (exit {server.poll()}):\n{output}")
-                time.sleep(0.3)
+    with nerloop_serve(env, tmp_path / "serve.log") as base:
+        health = httpx.get(f"{base}/api/v1/health", timeout=5)
         assert health.status_code == 200 and health.json()["status"] == "ok"
         assert httpx.get(f"{base}/ml/health", timeout=5).json() == {"status": "UP", "model_class": "NerloopTagger"}
         assert httpx.get(f"{base}/api/v1/projects", timeout=5).status_code == 401
         assert httpx.get(f"{base}/api/v1/projects", headers={"Authorization": "Bearer s3cret"}, timeout=5).json() == []
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def test_label_studio_scores_follow_the_project_strategy():
@@ -287,7 +267,7 @@ def test_label_studio_scores_follow_the_project_strategy():
     for length in (3, 5, 8, 2):
         marginals = rng.dirichlet(np.ones(3) * 0.7, size=length).astype(np.float32)
         samples = rng.dirichlet(np.ones(3) * 0.7, size=(4, length)).astype(np.float32)
-        predictions.append(Prediction(spans=[], words=[(i, i + 1) for i in range(length)], marginals=marginals, samples=samples))
+        predictions.append(TaggedText(spans=[], words=[(i, i + 1) for i in range(length)], marginals=marginals, samples=samples))
     assert task_scores("mnlp", predictions) == pytest.approx([task_confidence(p) for p in predictions])
     for name in ("least_confidence", "entropy_mean", "entropy_max", "margin", "bald", "random"):
         scores = task_scores(name, predictions, seed=3)

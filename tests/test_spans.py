@@ -8,10 +8,10 @@ from active_learning.spans import (
     SpanError,
     bio_to_spans,
     iob1_to_iob2,
-    misaligned,
     spans_to_bio,
     validate,
 )
+from support import misaligned  # the test oracle for spans a word-level tagger cannot represent
 
 # "John Smith visited New York ." with the character offsets of its whitespace tokens
 TEXT = "John Smith visited New York ."
@@ -74,6 +74,20 @@ def test_validate_rejects_an_unknown_label_and_lists_the_known_ones():
     message = str(error.value)
     assert message.startswith("spans[1]: unknown label 'GPE'")
     assert "['LOC', 'PER']" in message
+
+
+@pytest.mark.parametrize(
+    "text, spans, loc, reason",
+    [
+        ("", [], ("text",), "must be a non-empty string"),
+        (TEXT, [(0, 4, "PER"), (0, 40, "PER")], ("spans", 1), "(0, 40) is out of range for a text of 29 characters"),
+        (TEXT, [(0, 10, "PER"), (5, 18, "LOC")], ("spans",), "(0, 10, 'PER') and (5, 18, 'LOC') overlap"),
+    ],
+)
+def test_the_offending_field_is_also_a_structured_location(text, spans, loc, reason):
+    with pytest.raises(SpanError) as error:
+        validate(text, spans)
+    assert (error.value.loc, error.value.reason) == (loc, reason)
 
 
 def test_validate_without_labels_accepts_any_label():

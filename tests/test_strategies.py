@@ -18,13 +18,13 @@ from active_learning.strategies import (
     make_strategy,
     select,
 )
-from active_learning.tagger import Prediction, bio_tags, constrained_decode
+from active_learning.tagger import TaggedText, bio_tags, constrained_decode
 
 
-def prediction(marginals, samples=None) -> Prediction:
+def prediction(marginals, samples=None) -> TaggedText:
     marginals = np.array(marginals, dtype=float)
     words = [(2 * i, 2 * i + 1) for i in range(len(marginals))]
-    return Prediction(spans=[], words=words, marginals=marginals,
+    return TaggedText(spans=[], words=words, marginals=marginals,
                       samples=None if samples is None else np.array(samples, dtype=float))
 
 
@@ -136,7 +136,7 @@ def test_bald_is_zero_when_all_samples_agree_even_if_uncertain():
 
 
 def test_bald_needs_samples():
-    assert BALD.needs_mc_dropout and not MNLP.needs_mc_dropout
+    assert BALD.mc_samples > 0 and MNLP.mc_samples == 0
     with pytest.raises(ValueError, match="mc_samples"):
         BALD().scores([A])
 
@@ -149,6 +149,69 @@ def test_random_sampling_is_seeded():
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
     assert ((0 <= first) & (first < 1)).all()
+
+
+# ---- the contract every registered strategy keeps ---------------------------------------------
+
+
+def pool(size: int, seed: int = 0) -> list:
+    """``size`` texts of 1-6 words over 3 tags, plus one without words, all with MC-dropout samples
+    (so that every strategy, BALD too, can score them)."""
+    rng = np.random.default_rng(seed)
+    lengths = [int(n) for n in rng.integers(1, 7, size=size)]
+    texts = [prediction(rng.dirichlet(np.ones(3), size=n), rng.dirichlet(np.ones(3), size=(4, n))) for n in lengths]
+    return texts + [prediction(np.zeros((0, 3)), samples=np.zeros((4, 0, 3)))]
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+class TestEveryStrategy:
+    """What each strategy of the registry promises, as small-text's strategy tests check it: one
+    finite score per text, a batch of the size asked for and of the best scores, the whole pool once
+    it is exhausted, the same scores for the same seed, and MC-dropout samples needed exactly when
+    the strategy asks for them."""
+
+    def test_it_is_registered_under_its_name(self, name):
+        assert make_strategy(name).name == name
+
+    def test_one_finite_score_per_text(self, name):
+        scores = np.asarray(make_strategy(name).scores(pool(9)))
+        assert scores.shape == (10,) and np.isfinite(scores).all()
+
+    def test_a_batch_has_the_size_asked_for_and_the_best_scores(self, name):
+        scores = np.asarray(make_strategy(name).scores(pool(20)))
+        batch = select(scores, [1] * len(scores), budget=5)
+        assert len(batch) == len(set(batch)) == 5
+        assert scores[batch].min() >= np.delete(scores, batch).max()
+        assert list(scores[batch]) == sorted(scores[batch], reverse=True)  # the most informative first
+
+    def test_an_exhausted_pool_gives_each_text_once(self, name):
+        scores = make_strategy(name).scores(pool(4))
+        assert sorted(select(scores, [1] * 5, budget=50)) == [0, 1, 2, 3, 4]
+        nothing = make_strategy(name).scores([])
+        assert len(nothing) == 0 and select(nothing, [], budget=50) == []
+
+    def test_the_same_seed_gives_the_same_scores(self, name):
+        texts = pool(12, seed=4)
+        assert np.array_equal(make_strategy(name, seed=5).scores(texts), make_strategy(name, seed=5).scores(texts))
+
+    def test_it_needs_samples_exactly_when_it_asks_for_them(self, name):
+        strategy = make_strategy(name)
+        without_samples = [prediction(text.marginals) for text in pool(5)]
+        if strategy.mc_samples:
+            with pytest.raises(ValueError, match="mc_samples"):
+                strategy.scores(without_samples)
+        else:
+            assert len(strategy.scores(without_samples)) == 6
+
+
+@pytest.mark.parametrize("name", [name for name in STRATEGIES if name != "random"])
+def test_every_uncertainty_strategy_puts_the_uncertain_text_first(name):
+    """A text whose words are a toss-up (and on which dropout passes disagree) beats a confident one."""
+    certain = prediction([[0.98, 0.01, 0.01]] * 3, samples=[[[0.98, 0.01, 0.01]] * 3] * 3)
+    sure_of_each_pass = [[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]]
+    uncertain = prediction([[1 / 3] * 3] * 3, samples=[[row] * 3 for row in sure_of_each_pass])
+    certain_score, uncertain_score = make_strategy(name).scores([certain, uncertain])
+    assert uncertain_score > certain_score
 
 
 # ---- make_strategy ----------------------------------------------------------------------------

@@ -14,7 +14,8 @@ def trained(tiny_encoder, tmp_path_factory):
     Its random word embeddings must be trained, unlike a pretrained model's."""
     tagger = Tagger.load(str(tiny_encoder), labels=LABELS, max_length=32, stride=8)
     dev = toy_corpus(40, seed=2)
-    result = train(tagger, toy_corpus(300, seed=1), dev, TrainConfig(epochs=15, min_steps=0, learning_rate=3e-3, batch_size=16, patience=4, freeze_word_embeddings=False))
+    config = TrainConfig(epochs=15, min_steps=0, learning_rate=3e-3, batch_size=16, patience=4, freeze_word_embeddings=False)
+    result = train(tagger, toy_corpus(300, seed=1), dev, config)
     return tagger, result
 
 

@@ -2,22 +2,26 @@
 SQLite broker), trainings of the tiny encoder, pool scoring in shards, a bulk push to a recording
 Label Studio stand-in, and a worker process killed mid-training.
 
-Redis must answer on 127.0.0.1:6379: under CI (``CI=true``) its absence fails these tests, elsewhere
-it skips them. Each run uses a key prefix of its own, removed at the end, so it shares Redis with nobody.
+Redis must answer on 127.0.0.1:6379 (the ``redis_url`` fixture): under CI (``CI=true``) its absence
+fails these tests, elsewhere it skips them. Each run uses a key prefix of its own, removed at the end,
+so it shares Redis with nobody.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -29,26 +33,30 @@ from typer.testing import CliRunner
 from active_learning.metrics import Scores
 from active_learning.spans import Example, validate
 from active_learning.tagger import LABELS_FILE, Tagger
-from service import jobs as job_requests
-from service import augmentation, sync
+from service import augmented_examples, job_queue, sync
 from service.db import get_engine, init_db
 from service.models import (
-    Annotation, AugmentedExample, Job, JobStatus, ModelStatus, ModelVersion, Prediction, Project, Task, TaskState,
+    Annotation,
+    AugmentedExample,
+    Job,
+    JobStatus,
+    ModelStatus,
+    ModelVersion,
+    Prediction,
+    Project,
+    Task,
+    TaskState,
+    utcnow,
 )
 from service.settings import Settings, get_settings
+from support import NERLOOP, REPO, TINY_TRAIN, add_project, make_client, wait_until
 from tiny import LABELS, toy_corpus
-from workers import celery_app, jobs, store
+from workers import celery_app, lifecycle, store
 from workers.retrain import decide
-
-from test_db import postgres_database, url  # noqa: F401  (fixtures: an empty SQLite or PostgreSQL database)
 
 # kombu's SQLAlchemy transport (the embedded broker) uses a loader option SQLAlchemy 2.1 deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 
-REPO = Path(__file__).resolve().parents[1]
-REDIS = "redis://127.0.0.1:6379/0"
-# The tiny encoder's word embeddings are random: it needs a high learning rate and its embeddings trained.
-TINY_TRAIN = {"epochs": 15, "patience": 15, "min_steps": 0, "learning_rate": 3e-3, "batch_size": 16, "freeze_word_embeddings": False}
 LONG_TRAIN = {"epochs": 100000, "min_steps": 0, "patience": 100000}
 
 
@@ -100,17 +108,6 @@ def label_studio_recorder():
     yield recorder
     server.shutdown()
     server.server_close()
-
-
-def redis_or_skip() -> None:
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS, socket_connect_timeout=2).ping()
-    except redis.RedisError as error:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis is required under CI at {REDIS}: {error}")
-        pytest.skip(f"Redis is not answering at {REDIS}: {error}")
 
 
 @dataclass
@@ -192,7 +189,7 @@ class Worker:
                    "--without-gossip", "--without-mingle"]
         self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=self._output, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_for(lambda: " ready." in log.read_text() or self.process.poll() is not None, 120, "the worker to start")
+            wait_until(lambda: " ready." in log.read_text() or self.process.poll() is not None, 120, message="the worker to start")
             if self.process.poll() is not None:
                 raise AssertionError(f"the worker exited {self.process.returncode}:\n{log.read_text()[-3000:]}")
         except AssertionError:
@@ -210,16 +207,6 @@ class Worker:
         self._output.close()
 
 
-def wait_for(condition, timeout: float, what: str, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def job_row(deployment: Deployment, job_id: int) -> Job:
     with deployment.session() as session:
         return session.get(Job, job_id)
@@ -228,17 +215,17 @@ def job_row(deployment: Deployment, job_id: int) -> Job:
 def wait_job(deployment: Deployment, job_id: int, worker: Worker, timeout: float = 90) -> Job:
     def finished():
         job = job_row(deployment, job_id)
-        return job if job.status in jobs.FINISHED else None
+        return job if job.status in lifecycle.FINISHED else None
 
     try:
-        return wait_for(finished, timeout, f"job {job_id} to finish")
+        return wait_until(finished, timeout, message=f"job {job_id} to finish")
     except AssertionError:
         raise AssertionError(f"job {job_id}: {job_row(deployment, job_id)}\nworker log:\n{worker.log.read_text()[-4000:]}") from None
 
 
-def request(deployment: Deployment, project_id: int, kind: str = "train", *args, **task_kwargs) -> int:
+def request(deployment: Deployment, project_id: int, kind: str = "train", **task_kwargs) -> int:
     with deployment.session() as session:
-        return job_requests.request(session, project_id, kind, *args, settings=deployment.settings, **task_kwargs).id
+        return job_queue.request(session, project_id, kind, settings=deployment.settings, **task_kwargs).id
 
 
 def new_project(deployment: Deployment, labelled: int, pool: int, ls_project_id: int | None = None) -> int:
@@ -270,7 +257,7 @@ def score_job(deployment: Deployment, project_id: int, version_id: int) -> int:
                     return job.id
         return None
 
-    return wait_for(find, 30, f"a score_pool job for version {version_id}")
+    return wait_until(find, 30, message=f"a score_pool job for version {version_id}")
 
 
 def tree_digest(path: Path) -> str:
@@ -294,7 +281,7 @@ def test_queues_routes_and_delivery_settings():
         route = router.route({}, name, (), {})["queue"]
         assert (route.name, route.exchange.name, route.routing_key) == (queue, queue, queue)
     with pytest.raises(ValueError, match="unknown task"):
-        celery_app.enqueue("nerloop.trian", 1)
+        celery_app.enqueue("nerloop.trian", project_id=1)
 
 
 def test_promotion_rule():
@@ -309,15 +296,15 @@ def test_promotion_rule():
 
 
 def test_owner_liveness():
-    now = jobs.utcnow()
+    now = utcnow()
     dead = subprocess.Popen([sys.executable, "-c", ""])
     dead.wait()
-    live = {"owner": jobs._owner("t"), "heartbeat": now.isoformat()}
-    assert jobs.owner_alive(live)
-    assert not jobs.owner_alive({**live, "owner": {**live["owner"], "pid": dead.pid}})  # its process is gone
-    old = now.replace(year=now.year - 1).isoformat()
-    assert not jobs.owner_alive({**live, "heartbeat": old})  # silent too long
-    assert not jobs.owner_alive({})
+    live = Job(kind="train", owner_host=socket.gethostname(), owner_pid=os.getpid(), owner_token="t", heartbeat_at=now)
+    assert lifecycle.owner_alive(live)
+    assert not lifecycle.owner_alive(live.model_copy(update={"owner_pid": dead.pid}))  # its process is gone
+    old = now.replace(year=now.year - 1)
+    assert not lifecycle.owner_alive(live.model_copy(update={"heartbeat_at": old}))  # silent too long
+    assert not lifecycle.owner_alive(Job(kind="train"))
 
 
 def test_models_are_saved_whole_and_leftovers_removed(tmp_path, tiny_encoder):
@@ -344,26 +331,26 @@ def test_one_training_per_project_and_a_silent_one_is_taken_over(tmp_path, use_e
         session.commit()
         first, second = first.id, second.id
 
-    claim = jobs.start(first)
-    assert claim.outcome is jobs.Outcome.run and claim.attempt == 1
-    assert jobs.start(first).outcome is jobs.Outcome.wait  # a second delivery while it runs
-    assert jobs.start(second).outcome is jobs.Outcome.wait  # one training per project
-    assert job_row(deployment, second).status == JobStatus.queued and job_row(deployment, second).progress["waiting_for"] == first
+    claim = lifecycle.claim(first)
+    assert claim.outcome is lifecycle.Outcome.run and claim.attempt == 1
+    assert lifecycle.claim(first).outcome is lifecycle.Outcome.wait  # a second delivery while it runs
+    assert lifecycle.claim(second).outcome is lifecycle.Outcome.wait  # one training per project
+    assert job_row(deployment, second).status == JobStatus.queued and job_row(deployment, second).waiting_for == first
 
     with deployment.session() as session:  # the first one's worker falls silent
         job = session.get(Job, first)
-        job.progress = {**job.progress, "heartbeat": "2000-01-01T00:00:00+00:00"}
+        job.heartbeat_at = datetime(2000, 1, 1, tzinfo=UTC)
         session.add(job)
         session.commit()
-    taken = jobs.start(second)
-    assert taken.outcome is jobs.Outcome.run
+    taken = lifecycle.claim(second)
+    assert taken.outcome is lifecycle.Outcome.run
     assert job_row(deployment, first).status == JobStatus.failed and "lost" in job_row(deployment, first).error
-    with pytest.raises(jobs.JobLost):  # the silent attempt, if it wakes, may write nothing
-        with jobs.JobRun(first, claim).owned():
+    with pytest.raises(lifecycle.JobLost):  # the silent attempt, if it wakes, may write nothing
+        with lifecycle.JobRun(first, claim.token).owned():
             pass
 
     with pytest.raises(ValueError):
-        with jobs.JobRun(second, taken) as run:
+        with lifecycle.JobRun(second, taken.token) as run:
             run.update(stage="training", step=3)
             raise ValueError("the GPU caught fire")
     failed = job_row(deployment, second)
@@ -373,7 +360,8 @@ def test_one_training_per_project_and_a_silent_one_is_taken_over(tmp_path, use_e
 
 def test_concurrent_claims_let_exactly_one_training_of_a_project_run(url, tmp_path, use_env):
     """On SQLite and PostgreSQL: six deliveries of six queued trainings of one project, at once."""
-    deployment = make_deployment(tmp_path, tmp_path, "redis://127.0.0.1:9/0", "redis://127.0.0.1:9/0", "http://127.0.0.1:9", NERLOOP_DATABASE_URL=url)
+    nowhere = "redis://127.0.0.1:9/0"
+    deployment = make_deployment(tmp_path, tmp_path, nowhere, nowhere, "http://127.0.0.1:9", NERLOOP_DATABASE_URL=url)
     use_env(deployment)
     with deployment.session() as session:
         project = Project(name="toy", labels=list(LABELS))
@@ -388,7 +376,7 @@ def test_concurrent_claims_let_exactly_one_training_of_a_project_run(url, tmp_pa
 
     def deliver(job_id: int) -> None:
         barrier.wait()
-        outcomes[job_id] = jobs.start(job_id).outcome
+        outcomes[job_id] = lifecycle.claim(job_id).outcome
 
     threads = [threading.Thread(target=deliver, args=(job_id,)) for job_id in ids]
     for thread in threads:
@@ -401,8 +389,6 @@ def test_concurrent_claims_let_exactly_one_training_of_a_project_run(url, tmp_pa
 
 
 def test_api_queues_coalesces_and_reports_jobs_and_503s_without_a_broker(tmp_path):
-    from test_api import add_project, make_client
-
     with make_client(tmp_path) as client:
         project = add_project(client)
         first = client.post(f"/api/v1/projects/{project.id}/train")
@@ -428,12 +414,11 @@ def test_api_queues_coalesces_and_reports_jobs_and_503s_without_a_broker(tmp_pat
 
 
 @pytest.fixture(scope="module")
-def redis_deployment(tmp_path_factory, tiny_encoder, label_studio_recorder):
+def redis_deployment(tmp_path_factory, tiny_encoder, label_studio_recorder, redis_url):
     """A deployment on Redis, with a key prefix of its own; this process publishes there too."""
-    redis_or_skip()
     prefix = f"nerloop-test-{uuid.uuid4().hex[:8]}:"
     deployment = make_deployment(
-        tmp_path_factory.mktemp("redis-deployment"), tiny_encoder, REDIS, REDIS, label_studio_recorder.url,
+        tmp_path_factory.mktemp("redis-deployment"), tiny_encoder, redis_url, redis_url, label_studio_recorder.url,
         NERLOOP_BROKER_TRANSPORT_OPTIONS=json.dumps({"global_keyprefix": prefix}),
         NERLOOP_RESULT_BACKEND_TRANSPORT_OPTIONS=json.dumps({"global_keyprefix": prefix}),
     )
@@ -443,7 +428,7 @@ def redis_deployment(tmp_path_factory, tiny_encoder, label_studio_recorder):
     get_settings.cache_clear()
     import redis
 
-    client = redis.Redis.from_url(REDIS)
+    client = redis.Redis.from_url(redis_url)
     for key in client.scan_iter(f"{prefix}*"):
         client.delete(key)
 
@@ -466,12 +451,15 @@ def test_training_registers_promotes_scores_and_pushes(redis_deployment, redis_w
     deployment = redis_deployment
     project_id, job = trained_project
     assert job.status == JobStatus.succeeded, job.error
-    assert job.progress["promoted"] and job.progress["attempt"] == 1
-    assert {"epoch", "step", "total_steps", "loss", "dev_f1", "train_size", "dev_size"} <= set(job.progress)
+    assert job.progress["promoted"] and job.attempt == 1
+    progress = job.progress
+    assert progress["epoch"] >= 1 and 0 < progress["step"] <= progress["total_steps"] and progress["loss"] > 0
 
     [version] = versions(deployment, project_id)
     assert version.status == ModelStatus.active and version.name == "v1" and version.dev_f1 is not None
     assert version.metrics["dev"]["f1"] == version.dev_f1 and version.metrics["dev_size"] > 0
+    reported = (progress["dev_f1"], progress["train_size"], progress["dev_size"])
+    assert reported == (version.dev_f1, version.train_size, version.metrics["dev_size"])
     assert (Path(version.path) / LABELS_FILE).is_file() and Path(version.path).parent.name == f"project-{project_id}"
     assert not [p for p in Path(version.path).parent.iterdir() if p.name.startswith(".tmp-")]
 
@@ -504,7 +492,7 @@ def test_worker_logs_are_json_lines_naming_the_project_and_job(redis_worker, tra
     mine = [r for r in records if r.get("job_id") == job.id]
     assert mine and all(r["project_id"] == project_id and r["task"] == "nerloop.train" for r in mine)
     assert any("promoted v1" in r["message"] for r in mine)
-    assert {"time", "level", "logger", "message"} <= set(mine[0])
+    assert all(datetime.fromisoformat(r["time"]).tzinfo and r["level"] in logging.getLevelNamesMapping() and r["logger"] for r in mine)
 
 
 def test_an_equal_model_is_promoted_and_a_worse_one_is_not(redis_deployment, redis_worker, trained_project):
@@ -535,17 +523,16 @@ def test_a_killed_training_runs_again_then_fails_and_leaves_the_active_model_alo
     def training_with(attempt: int):
         def check():
             job = job_row(deployment, long_job)
-            progress = job.progress
-            return job if job.status == JobStatus.running and progress.get("attempt") == attempt and progress.get("step", 0) > 0 else None
+            return job if job.status == JobStatus.running and job.attempt == attempt and job.progress.get("step", 0) > 0 else None
         return check
 
     long_job = request(deployment, project_id, config=LONG_TRAIN)
-    first = wait_for(training_with(1), 60, "the long training to be under way")
-    os.kill(first.progress["owner"]["pid"], signal.SIGKILL)  # the pool process running the task
+    first = wait_until(training_with(1), 60, message="the long training to be under way")
+    os.kill(first.owner_pid, signal.SIGKILL)  # the pool process running the task
 
     # The broker delivers it again (acks_late + reject_on_worker_lost) and a new attempt starts over.
-    second = wait_for(training_with(2), 60, "the training to run again")
-    assert second.progress["owner"]["pid"] != first.progress["owner"]["pid"]
+    second = wait_until(training_with(2), 60, message="the training to run again")
+    assert second.owner_pid != first.owner_pid
     [still_active] = [v for v in versions(deployment, project_id) if v.status == ModelStatus.active]
     assert (still_active.id, still_active.path, still_active.dev_f1) == (active.id, active.path, active.dev_f1)
 
@@ -554,7 +541,7 @@ def test_a_killed_training_runs_again_then_fails_and_leaves_the_active_model_alo
     assert request(deployment, project_id) == follow_up != long_job
     assert job_row(deployment, follow_up).status == JobStatus.queued
 
-    os.kill(second.progress["owner"]["pid"], signal.SIGKILL)
+    os.kill(second.owner_pid, signal.SIGKILL)
     killed = wait_job(deployment, long_job, redis_worker)
     assert killed.status == JobStatus.failed and "lost" in killed.error
 
@@ -590,7 +577,7 @@ def test_augmentation_job_stores_attributed_examples_that_training_uses_capped(r
     """nerloop augment queues a job on the method's queue and follows it; the worker stores outputs
     derived from training tasks only, with valid spans and provenance; training mixes them in once
     the project enables it, capped at augment_ratio, and drops those of a source annotation edited since."""
-    from service.augmentation import training_examples
+    from service.augmented_examples import training_examples
     from service.cli import app
 
     deployment = redis_deployment
@@ -627,10 +614,10 @@ def test_augmentation_job_stores_attributed_examples_that_training_uses_capped(r
         # An edit of a source annotation makes its augmentations stale.
         edited = rows[0].source_task_id
         annotation = session.exec(select(Annotation).where(Annotation.task_id == edited, Annotation.accepted.is_(True))).one()
-        annotation.updated_at = jobs.utcnow()
+        annotation.updated_at = utcnow()
         session.add(annotation)
         session.commit()
-        fresh = augmentation.current_augmented(session, project)
+        fresh = augmented_examples.current_augmented(session, project)
         assert edited not in {e.meta["source"] for e in fresh}
         assert len(fresh) == len(rows) - sum(r.source_task_id == edited for r in rows)
 
@@ -645,6 +632,7 @@ def test_augmentation_job_stores_attributed_examples_that_training_uses_capped(r
 # ---- with a worker on the embedded SQLite broker ---------------------------------------------------
 
 
+@pytest.mark.integration
 def test_embedded_sqlite_broker_cli_train_and_follow_up(tmp_path, tiny_encoder, label_studio_recorder, use_env):
     deployment = make_deployment(
         tmp_path, tiny_encoder, f"sqla+sqlite:///{tmp_path / 'home' / 'broker.db'}", f"db+sqlite:///{tmp_path / 'home' / 'results.db'}",
@@ -652,7 +640,8 @@ def test_embedded_sqlite_broker_cli_train_and_follow_up(tmp_path, tiny_encoder, 
     )
     use_env(deployment)
     project_id = new_project(deployment, labelled=40, pool=10)
-    from service.cli import app, follow_job
+    from service.cli import app
+    from service.cli.jobs import follow_job
 
     runner = CliRunner()
     queued = [runner.invoke(app, ["train", "--project", str(project_id)]) for _ in range(2)]
@@ -663,7 +652,7 @@ def test_embedded_sqlite_broker_cli_train_and_follow_up(tmp_path, tiny_encoder, 
 
     worker = Worker(deployment, "solo", tmp_path / "worker.log")
     try:
-        wait_for(lambda: job_row(deployment, job.id).progress.get("stage") == "training", 60, "the training to start")
+        wait_until(lambda: job_row(deployment, job.id).progress.get("stage") == "training", 60, message="the training to start")
         with deployment.session() as session:  # annotations arrive during the run
             project = session.get(Project, project_id)
             sync.import_examples(session, project, toy_corpus(5, seed=9), dev_share=0.25)
@@ -693,6 +682,7 @@ def test_embedded_sqlite_broker_cli_train_and_follow_up(tmp_path, tiny_encoder, 
         worker.stop()
 
 
+@pytest.mark.integration
 def test_the_beat_sweeps_and_queues_one_training_where_labels_arrived(tmp_path, tiny_encoder, label_studio_recorder, use_env):
     """`nerloop beat` sends nerloop.sweep every second; a worker runs it: the project has 20+ new
     labelled tasks, so one training is queued and runs; later sweeps queue nothing more."""
@@ -706,13 +696,13 @@ def test_the_beat_sweeps_and_queues_one_training_where_labels_arrived(tmp_path, 
     env = {k: v for k, v in os.environ.items() if not k.startswith("NERLOOP_")}
     env.update(deployment.env, PYTHONPATH=str(REPO))
     with (tmp_path / "beat.log").open("w") as beat_log:
-        beat = subprocess.Popen([str(Path(sys.executable).parent / "nerloop"), "beat"], cwd=tmp_path, env=env, stdout=beat_log, stderr=subprocess.STDOUT)
+        beat = subprocess.Popen([*NERLOOP, "beat"], cwd=tmp_path, env=env, stdout=beat_log, stderr=subprocess.STDOUT)
         try:
             def trainings():
                 with deployment.session() as session:
                     return session.exec(select(Job).where(Job.project_id == project_id, Job.kind == "train")).all()
 
-            [job] = wait_for(trainings, 90, "the beat's sweep to queue a training")
+            [job] = wait_until(trainings, 90, message="the beat's sweep to queue a training")
             assert wait_job(deployment, job.id, worker).status == JobStatus.succeeded
             time.sleep(4)  # a few more sweeps: the new version was trained on every labelled task
             assert [j.id for j in trainings()] == [job.id]

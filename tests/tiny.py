@@ -22,7 +22,12 @@ def toy_corpus(n: int, seed: int = 0) -> list[Example]:
         words, spans, cursor = [], [], 0
         for _ in range(rng.randint(4, 12)):
             roll = rng.random()
-            word, label = (rng.choice(PEOPLE), "PER") if roll < 0.2 else (rng.choice(PLACES), "LOC") if roll < 0.35 else (rng.choice(FILLER), None)
+            if roll < 0.2:
+                word, label = rng.choice(PEOPLE), "PER"
+            elif roll < 0.35:
+                word, label = rng.choice(PLACES), "LOC"
+            else:
+                word, label = rng.choice(FILLER), None
             if label:
                 spans.append(Span(cursor, cursor + len(word), label))
             words.append(word)

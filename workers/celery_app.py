@@ -1,18 +1,19 @@
 """The Celery app: broker and result backend from the settings, two queues, routing by task name.
 
-This module needs only the settings, so the API and the CLI import it to enqueue tasks by NAME
-(``enqueue("nerloop.train", project_id, job_id=...)``) and never import task code. A worker loads
-the tasks (``workers.tasks``) itself: ``celery -A workers.celery_app worker -Q gpu,cpu`` or
-``nerloop worker``.
+This module needs only the settings (and the augmenters' registry), so the API and the CLI import it
+to enqueue tasks by NAME (``enqueue("nerloop.train", project_id=..., job_id=...)``) and never import
+task code. A worker loads the tasks (``workers.tasks``) itself: ``celery -A workers.celery_app worker
+-Q gpu,cpu`` or ``nerloop worker``. Tasks take their ids as keyword arguments (``project_id``,
+``job_id``): that is how every log record of a task names its project and job.
 
-Queues: ``gpu`` runs model work (training, pool scoring and its shards, back-translation); ``cpu``
-runs I/O and light work (annotation sync, pushing predictions to Label Studio, the other augmenters,
-Celery's own chord bookkeeping). A GPU host runs one
-worker per accelerator on ``gpu`` with concurrency 1; ``cpu`` can run anywhere, with more.
+Queues: ``gpu`` runs model work (training, pool scoring and its shards, augmenters that need an
+accelerator); ``cpu`` runs I/O and light work (annotation sync, pushing predictions to Label Studio,
+the other augmenters, Celery's own chord bookkeeping). A GPU host runs one worker per accelerator on
+``gpu`` with concurrency 1; ``cpu`` can run anywhere, with more.
 
 Delivery: tasks are acknowledged when they end (``acks_late``) and given back to the broker when the
 process running them dies (``reject_on_worker_lost``), so a killed task runs again; tasks are written
-to be run twice (see ``workers.jobs``). With Redis, a task unacknowledged for the transport's
+to be run twice (see ``workers.lifecycle``). With Redis, a task unacknowledged for the transport's
 ``visibility_timeout`` (1 hour by default; ``NERLOOP_BROKER_TRANSPORT_OPTIONS``) is delivered again
 even when its worker is alive; the job guard turns that duplicate into a wait.
 """
@@ -20,22 +21,23 @@ even when its worker is alive; the job guard turns that duplicate into a wait.
 from __future__ import annotations
 
 import json
+import os
 from collections import OrderedDict
 from datetime import timedelta
 from pathlib import Path
-
-import inspect
-import os
 
 from celery import Celery, signals
 from celery.result import AsyncResult
 from kombu import Exchange, Queue
 
+from augment import AUGMENTERS
 from service import logs
 from service.settings import Settings, get_settings
 
 GPU = "gpu"
 CPU = "cpu"
+# Every task and its queue: the one place task names are written. A task is named after its
+# function (``NerloopCelery.gen_task_name``), and a job of kind K runs the task ``nerloop.K``.
 TASK_QUEUES = {
     "nerloop.train": GPU,
     "nerloop.score_pool": GPU,
@@ -43,8 +45,35 @@ TASK_QUEUES = {
     "nerloop.sync": CPU,
     "nerloop.push_predictions": CPU,
     "nerloop.sweep": CPU,
-    "nerloop.augment": CPU,  # back-translation is sent to GPU (augment.METHODS names each method's queue)
+    "nerloop.augment": CPU,  # an augmenter that needs an accelerator sends its job to GPU (queue_for)
 }
+
+
+def job_task(kind: str) -> str:
+    """The name of the task that runs a job of ``kind`` (``Job.kind``)."""
+    name = f"nerloop.{kind}"
+    if name not in TASK_QUEUES:
+        raise ValueError(f"no task runs jobs of kind {kind!r}")
+    return name
+
+
+def queue_for(name: str, kwargs: dict) -> str:
+    """The queue of task ``name`` sent with ``kwargs``: its own, except that an augmentation goes to
+    ``gpu`` when its method's augmenter declares ``needs_accelerator``."""
+    if name == "nerloop.augment":
+        augmenter = AUGMENTERS.get(kwargs.get("method"))
+        if augmenter is not None and augmenter.needs_accelerator:
+            return GPU
+    return TASK_QUEUES[name]
+
+
+class NerloopCelery(Celery):
+    def gen_task_name(self, name: str, module: str) -> str:
+        """``nerloop.<function name>``, which ``TASK_QUEUES`` must route, wherever the function lives."""
+        task = f"nerloop.{name}"
+        if task not in TASK_QUEUES:
+            raise ValueError(f"task {task} has no queue: add it to TASK_QUEUES")
+        return task
 
 
 def celery_config(settings: Settings) -> dict:
@@ -73,7 +102,7 @@ def celery_config(settings: Settings) -> dict:
 
 
 def create_app(settings: Settings | None = None, *, current: bool = True) -> Celery:
-    app = Celery("nerloop", set_as_current=current)
+    app = NerloopCelery("nerloop", set_as_current=current)
     app.conf.update(celery_config(settings or get_settings()))
     return app
 
@@ -114,16 +143,13 @@ def app_for(settings: Settings | None = None) -> Celery:
     return _apps[key]
 
 
-def enqueue(
-    name: str, *args, queue: str | None = None, settings: Settings | None = None, task_id: str | None = None, **kwargs
-) -> AsyncResult:
-    """Send task ``name`` with ``args``/``kwargs`` to its queue (or ``queue``), by name only."""
+def enqueue(name: str, *, settings: Settings | None = None, task_id: str | None = None, **kwargs) -> AsyncResult:
+    """Send task ``name`` with ``kwargs`` to its queue (``queue_for``), by name only."""
     if name not in TASK_QUEUES:
         raise ValueError(f"unknown task {name!r}; known: {', '.join(TASK_QUEUES)}")
     target = app_for(settings)
     make_sqlite_folders(target)
-    routing = {"queue": queue} if queue else {}  # else task_routes decide, by name
-    return target.send_task(name, args=args, kwargs=kwargs, task_id=task_id, **routing)
+    return target.send_task(name, kwargs=kwargs, task_id=task_id, queue=queue_for(name, kwargs))
 
 
 # ---- pool processes: their share of the cores -----------------------------------------------------
@@ -154,12 +180,9 @@ def _log_format(logger, **_) -> None:
 
 
 @signals.task_prerun.connect
-def _bind_task(task_id, task, args=(), kwargs=None, **_) -> None:
-    try:
-        arguments = inspect.signature(task.run).bind_partial(*args, **(kwargs or {})).arguments
-    except TypeError:
-        arguments = {}
-    _bindings[task_id] = logs.bind(task=task.name, project_id=arguments.get("project_id"), job_id=arguments.get("job_id"))
+def _bind_task(task_id, task, kwargs=None, **_) -> None:
+    kwargs = kwargs or {}
+    _bindings[task_id] = logs.bind(task=task.name, project_id=kwargs.get("project_id"), job_id=kwargs.get("job_id"))
 
 
 @signals.task_postrun.connect

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Callable
 
 from sqlalchemy import func
 from sqlmodel import Session, select
@@ -20,10 +20,10 @@ from sqlmodel import Session, select
 from active_learning.corpus import word_offsets
 from active_learning.metrics import Scores, evaluate
 from active_learning.spans import Example
-from active_learning.tagger import Prediction, Tagger, default_base_model
+from active_learning.tagger import TaggedText, Tagger, default_base_model
 from active_learning.training import EpochLog, TrainConfig, train
-from service import jobs as job_requests
-from service.augmentation import training_examples
+from service import job_queue
+from service.augmented_examples import training_examples
 from service.db import session_scope
 from service.models import Annotation, ModelStatus, ModelVersion, Project, Task
 from service.predictor import predict_with
@@ -31,7 +31,7 @@ from service.settings import get_settings
 from service.versions import activate, active_version
 
 from . import store
-from .jobs import JobRun
+from .lifecycle import JobRun
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def labelled_state(session: Session, project_id: int) -> list:
     return [row[0], row[1], row[2].isoformat() if row[2] else None]
 
 
-def score_on(predict: Callable[[list[str]], list[Prediction]], dev: list[Example]) -> Scores | None:
+def score_on(predict: Callable[[list[str]], list[TaggedText]], dev: list[Example]) -> Scores | None:
     if not dev:
         return None
     return evaluate(dev, [p.entity_spans for p in predict([e.text for e in dev])])
@@ -75,8 +75,9 @@ def decide(candidate: Scores | None, incumbent: Scores | None, has_active: bool)
     return False, f"dev F1 {candidate.f1:.4f} < active {incumbent.f1:.4f}"
 
 
-def run_training(project_id: int, job_id: int, run: JobRun, config: TrainConfig) -> dict:
+def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
     settings = get_settings()
+    job_id = run.job_id
     directory = store.project_dir(settings.model_store, project_id)
     run.update(stage="loading")
     with session_scope() as session:
@@ -127,7 +128,7 @@ def run_training(project_id: int, job_id: int, run: JobRun, config: TrainConfig)
         "config": asdict(config),
     }
     try:
-        with run.owned() as (session, job):
+        with run.owned() as session:
             current = active_version(session, project_id)
             if promote and (current.id if current else None) != (incumbent.id if incumbent else None):
                 promote, reason = False, "the active version changed during training; compare and promote by hand"
@@ -155,7 +156,7 @@ def run_training(project_id: int, job_id: int, run: JobRun, config: TrainConfig)
                 "dev_f1": version.dev_f1,
                 "active_dev_f1": active_scores.f1 if active_scores else None,
             }
-            run.finish(session, job, **summary)
+            run.finish(**summary)
             changed_meanwhile = labelled_state(session, project_id) != labelled_at_start
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)  # nothing points at it
@@ -164,16 +165,16 @@ def run_training(project_id: int, job_id: int, run: JobRun, config: TrainConfig)
 
     with session_scope() as session:
         if promote:  # first, so annotators get the new pre-annotations before any follow-up trains
-            _request(session, project_id, "score_pool", summary["version_id"], coalesce=False)
+            _request(session, project_id, "score_pool", version_id=summary["version_id"], coalesce=False)
         if changed_meanwhile:
             _request(session, project_id, "train")  # annotations arrived during the run: one follow-up
     return summary
 
 
-def _request(session: Session, project_id: int, kind: str, *args, coalesce: bool = True) -> None:
+def _request(session: Session, project_id: int, kind: str, *, coalesce: bool = True, **task_kwargs) -> None:
     """Queue a follow-up job; the training succeeded whatever the broker says, so failures are logged."""
     try:
-        job_requests.request(session, project_id, kind, *args, coalesce=coalesce)
-    except job_requests.EnqueueError as error:
+        job_queue.request(session, project_id, kind, coalesce=coalesce, **task_kwargs)
+    except job_queue.EnqueueError as error:
         log.error("project %s: %s", project_id, error)
 

@@ -9,16 +9,15 @@ at the version's name, with uncertainty sampling on: the least confident task is
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from sqlalchemy import func
 from sqlmodel import select
 
 from service.db import session_scope
-from service.label_studio import LabelStudioClient, results_from_spans
+from service.label_studio import client_from_settings, results_from_spans
 from service.models import ModelStatus, ModelVersion, Prediction, Project, Task, TaskState
 from service.predictor import predict_with, samples_for, task_scores
-from service.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +80,11 @@ def push(project_id: int, version_id: int) -> int:
 
     Does nothing (returns 0) unless the project is attached to Label Studio and an API key is set.
     """
-    settings = get_settings()
+    client = client_from_settings()
     with session_scope() as session:
         project = session.get(Project, project_id)
         version = session.get(ModelVersion, version_id)
-        if project is None or version is None or project.ls_project_id is None or not settings.label_studio_api_key:
+        if project is None or version is None or project.ls_project_id is None or client is None:
             return 0
         rows = session.exec(
             select(Prediction, Task)
@@ -104,5 +103,4 @@ def push(project_id: int, version_id: int) -> int:
         ls_project_id, name = project.ls_project_id, version.name
     if not payload:
         return 0
-    client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
     return client.push_predictions(ls_project_id, payload, model_version=name)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
+from importlib.metadata import version
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 
 from .. import logs
-
 from ..db import init_db
 from ..predictor import Predictor
 from ..settings import Settings, get_settings
@@ -26,7 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(
         title="nerloop",
-        version="0.1.0",
+        version=version("nerloop"),
         description=(
             "Active learning for NER around Label Studio. `/api/v1` needs `Authorization: Bearer $NERLOOP_API_TOKEN` "
             "when the server has a token (health excepted; the Label Studio webhook uses `X-Nerloop-Secret`). "

@@ -1,21 +1,25 @@
-"""Dependencies the routes declare: settings, a database session, credentials, the predictor."""
+"""Dependencies the routes declare: settings, a database session, credentials, the predictor, the
+project of the path, and the types of the ids in paths."""
 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Iterator
+from collections.abc import Iterator
+from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from ..label_studio import WEBHOOK_SECRET_HEADER, LabelStudioClient, LabelStudioError
+from ..errors import UpstreamError
+from ..label_studio import WEBHOOK_SECRET_HEADER, LabelStudioClient, LabelStudioError, client_from_settings
 from ..models import Project
+from ..operations import projects
 from ..predictor import Predictor
+from ..schemas import MAX_ID
 from ..settings import Settings
-from .errors import ApiError, bad_gateway, not_found
-from .schemas import MAX_ID
+from .errors import Unauthorized
 
 
 def get_settings(request: Request) -> Settings:
@@ -38,12 +42,10 @@ def get_predictor(request: Request) -> Predictor:
 
 def get_label_studio(settings: Annotated[Settings, Depends(get_settings)]) -> LabelStudioClient | None:
     """A Label Studio client when an API key is configured, else None."""
-    if not settings.label_studio_api_key:
-        return None
     try:
-        return LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+        return client_from_settings(settings)
     except LabelStudioError as error:
-        raise bad_gateway(error) from error
+        raise UpstreamError.one((), f"Label Studio: {error}") from error
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -52,6 +54,9 @@ SessionDep = Annotated[Session, Depends(get_session)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 LabelStudioDep = Annotated[LabelStudioClient | None, Depends(get_label_studio)]
 ProjectId = Annotated[int, Path(ge=1, le=MAX_ID, description="nerloop project id")]
+TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="task id")]
+VersionId = Annotated[int, Path(ge=1, le=MAX_ID, description="model version id")]
+JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="job id")]
 
 
 def _same(given: str, expected: str) -> bool:
@@ -66,7 +71,7 @@ def require_token(settings: SettingsDep, credentials: Annotated[HTTPAuthorizatio
     if not settings.api_token:
         return
     if credentials is None or not _same(credentials.credentials, settings.api_token):
-        raise ApiError.one(401, "header.Authorization", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        raise Unauthorized("header.Authorization", "missing or wrong bearer token", "Bearer")
 
 
 _basic = HTTPBasic(auto_error=False, description="Optional; set NERLOOP_ML_BASIC_AUTH_USER/_PASSWORD and the same in Label Studio")
@@ -79,7 +84,7 @@ def require_ml_basic_auth(settings: SettingsDep, credentials: Annotated[HTTPBasi
     if credentials is None or not (
         _same(credentials.username, settings.ml_basic_auth_user) and _same(credentials.password, settings.ml_basic_auth_password)
     ):
-        raise ApiError.one(401, "header.Authorization", "missing or wrong basic auth credentials", {"WWW-Authenticate": 'Basic realm="nerloop"'})
+        raise Unauthorized("header.Authorization", "missing or wrong basic auth credentials", 'Basic realm="nerloop"')
 
 
 def require_webhook_secret(
@@ -89,14 +94,11 @@ def require_webhook_secret(
     if not settings.webhook_secret:
         return
     if secret is None or not _same(secret, settings.webhook_secret):
-        raise ApiError.one(401, f"header.{WEBHOOK_SECRET_HEADER}", "missing or wrong webhook secret")
+        raise Unauthorized(f"header.{WEBHOOK_SECRET_HEADER}", "missing or wrong webhook secret")
 
 
 def get_project(project_id: ProjectId, session: SessionDep) -> Project:
-    project = session.get(Project, project_id)
-    if project is None:
-        raise not_found("path.project_id", f"project {project_id}")
-    return project
+    return projects.get(session, project_id)
 
 
 ProjectDep = Annotated[Project, Depends(get_project)]

@@ -1,70 +1,48 @@
-"""One error shape for every failure: ``{"detail": [{"field": ..., "message": ...}]}``.
+"""One error shape for every failure: ``{"detail": [{"field": ..., "message": ...}]}`` (``schemas.ErrorResponse``).
 
 ``field`` names where the input went wrong, as a path from the request part: ``body.texts[0]``,
 ``path.project_id``, ``query.format``, ``file``, ``header.Authorization``; it is null when no single
-field is at fault (an unknown route, a state conflict).
+field is at fault (an unknown route, a state conflict). Domain errors carry a location in the
+operation's inputs, which the routes take from the path (ids), the upload (``file``) or the body.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Sequence
+from collections.abc import Iterable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from active_learning.errors import Loc, format_loc
+
+from ..errors import Conflict, DomainError, Invalid, NotFound, Unavailable, UpstreamError
+from ..schemas import ErrorResponse
 
 logger = logging.getLogger(__name__)
 
-
-class FieldError(BaseModel):
-    field: str | None
-    message: str
+STATUS_CODES = {NotFound: 404, Conflict: 409, Invalid: 422, UpstreamError: 502, Unavailable: 503}
+PATH_PARAMETERS = {"project_id", "task_id", "version_id", "job_id"}
 
 
-class ErrorResponse(BaseModel):
-    detail: list[FieldError]
+class Unauthorized(Exception):
+    """Missing or wrong credentials in the header ``field`` (401, with a challenge for the client)."""
+
+    def __init__(self, field: str, message: str, challenge: str | None = None):
+        super().__init__(message)
+        self.field, self.message = field, message
+        self.headers = {"WWW-Authenticate": challenge} if challenge else None
 
 
-class ApiError(Exception):
-    """An error the client caused (4xx) or an upstream failure (502), with the fields at fault."""
-
-    def __init__(self, status_code: int, errors: Sequence[tuple[str | None, str]], headers: dict | None = None):
-        super().__init__("; ".join(message for _, message in errors))
-        self.status_code = status_code
-        self.errors = list(errors)
-        self.headers = headers
-
-    @classmethod
-    def one(cls, status_code: int, field: str | None, message: str, headers: dict | None = None) -> "ApiError":
-        return cls(status_code, [(field, message)], headers)
-
-
-def not_found(field: str, what: str) -> ApiError:
-    return ApiError.one(404, field, f"{what} not found")
-
-
-def conflict(message: str, field: str | None = None) -> ApiError:
-    return ApiError.one(409, field, message)
-
-
-def bad_gateway(error: Exception) -> ApiError:
-    """Label Studio failed or refused: not the client's fault, and not ours either."""
-    return ApiError.one(502, None, f"Label Studio: {error}")
-
-
-def invalid(errors: Iterable[tuple[str | None, str]]) -> ApiError:
-    return ApiError(422, list(errors))
-
-
-def field_path(location: Sequence) -> str:
-    """("body", "tasks", 0, "text") -> "body.tasks[0].text"."""
-    path = ""
-    for part in location:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path
+def request_field(loc: Loc) -> str | None:
+    """Where an operation's input came from: ("tasks", 0, "text") -> "body.tasks[0].text"."""
+    if not loc:
+        return None
+    if loc[0] == "file":
+        return format_loc(loc)
+    return format_loc(("path" if loc[0] in PATH_PARAMETERS else "body", *loc))
 
 
 def _body(errors: Iterable[tuple[str | None, str]]) -> dict:
@@ -78,15 +56,20 @@ def _field_and_message(error: dict) -> tuple[str, str]:
         position = location[-1] if location and isinstance(location[-1], int) else None
         reason = error.get("ctx", {}).get("error", message)
         return "body", f"not valid JSON: {reason}" + (f" (at character {position})" if position is not None else "")
-    return field_path(location), message
+    return format_loc(location), message
 
 
 async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
     return JSONResponse(_body(_field_and_message(error) for error in exc.errors()), status_code=422)
 
 
-async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse(_body(exc.errors), status_code=exc.status_code, headers=exc.headers)
+async def _domain_error(_request: Request, exc: DomainError) -> JSONResponse:
+    status_code = next(code for kind, code in STATUS_CODES.items() if isinstance(exc, kind))
+    return JSONResponse(_body((request_field(loc), message) for loc, message in exc.errors), status_code=status_code)
+
+
+async def _unauthorized(_request: Request, exc: Unauthorized) -> JSONResponse:
+    return JSONResponse(_body([(exc.field, exc.message)]), status_code=401, headers=exc.headers)
 
 
 async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -102,7 +85,8 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(Unauthorized, _unauthorized)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from sqlmodel import Session, select
 
 from ..label_studio import LabelStudioError, parse_labelling_config
 from ..models import Project
 from ..predictor import ModelLoadError, Predictor, samples_for, task_scores
+from ..schemas import MAX_ID, MLRegion, MLRegionValue, MLTaskResult
 from ..versions import active_version
-from .schemas import MAX_ID, MLRegion, MLRegionValue, MLTaskResult
 
 logger = logging.getLogger(__name__)
 

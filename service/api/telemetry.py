@@ -8,8 +8,8 @@ Each app has a registry of its own, so several apps in one process (tests) never
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from time import perf_counter
-from typing import Iterator
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
@@ -99,7 +99,9 @@ def active_model_f1(session: Session) -> Iterator[GaugeMetricFamily]:
         "nerloop_active_model_dev_f1", "Dev-set micro F1 of each project's active model version", labels=["project", "version"]
     )
     per_type = GaugeMetricFamily(
-        "nerloop_active_model_dev_type_f1", "Dev-set F1 of each project's active model version, per entity type", labels=["project", "version", "type"]
+        "nerloop_active_model_dev_type_f1",
+        "Dev-set F1 of each project's active model version, per entity type",
+        labels=["project", "version", "type"],
     )
     for version in session.exec(select(ModelVersion).where(ModelVersion.status == ModelStatus.active)):
         if version.dev_f1 is not None:

@@ -5,10 +5,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
 
-from .. import operations
+from ...operations import annotations
+from ...schemas import AnnotationRead, ExportFormat
 from ..deps import ProjectDep, SessionDep
 from ..errors import ERROR_RESPONSES
-from ..schemas import AnnotationRead, ExportFormat
 
 router = APIRouter(prefix="/projects/{project_id}/annotations", tags=["annotations"], responses=ERROR_RESPONSES)
 
@@ -23,12 +23,15 @@ def list_annotations(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
 ):
-    return operations.list_annotations(session, project, accepted_only, limit, offset)
+    return annotations.list_for_project(session, project, accepted_only, limit, offset)
 
 
 @router.get("/export", response_class=PlainTextResponse, responses={200: {"content": {"application/x-ndjson": {}, "text/plain": {}}}})
 def export_annotations(project: ProjectDep, session: SessionDep, format: ExportFormat = ExportFormat.jsonl):
     """The accepted annotation of every labelled task, as character spans (JSONL) or IOB2 columns (CoNLL)."""
-    content = operations.export_annotations(session, project, format.value)
     filename = f"project-{project.id}.{format.value}"
-    return PlainTextResponse(content, media_type=MEDIA_TYPES[format], headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+    return PlainTextResponse(
+        annotations.export(session, project, format),
+        media_type=MEDIA_TYPES[format],
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )

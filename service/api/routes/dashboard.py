@@ -11,9 +11,10 @@ from importlib.resources import files
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
+from ...operations import dashboard
+from ...schemas import Dashboard
 from ..deps import ProjectDep, SessionDep
 from ..errors import ERROR_RESPONSES
-from ..overview import Dashboard, dashboard
 
 PAGE = files("service.api").joinpath("static/dashboard.html").read_text(encoding="utf-8")
 # Nothing may load from elsewhere or be sent elsewhere: the inline script and styles, and fetches to
@@ -40,4 +41,4 @@ def dashboard_page():
 def project_dashboard(project: ProjectDep, session: SessionDep):
     """Everything the dashboard page shows for one project: task and annotation counts, entities per
     type, the learning curve, model versions with per-type dev F1, recent jobs and job counts."""
-    return dashboard(session, project)
+    return dashboard.dashboard(session, project)

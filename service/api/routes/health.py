@@ -4,8 +4,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from ...schemas import Health
 from ..deps import SessionDep
-from ..schemas import Health
 
 router = APIRouter(tags=["health"])
 

@@ -6,10 +6,11 @@ the event; model loading and event processing run after the response.
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Response
 
-from .. import ml_backend, operations
+from ...operations import events
+from ...schemas import LabelStudioEvent, MLHealth, MLPredictRequest, MLPredictResponse, MLSetupRequest, MLSetupResponse, WebhookAccepted
+from .. import ml_backend
 from ..deps import EngineDep, PredictorDep, SessionDep, SettingsDep, require_ml_basic_auth
 from ..errors import ERROR_RESPONSES
-from ..schemas import LabelStudioEvent, MLHealth, MLPredictRequest, MLPredictResponse, MLSetupRequest, MLSetupResponse, WebhookAccepted
 
 router = APIRouter(tags=["label-studio-ml-backend"], dependencies=[Depends(require_ml_basic_auth)], responses=ERROR_RESPONSES)
 
@@ -39,13 +40,11 @@ def predict(body: MLPredictRequest, session: SessionDep, predictor: PredictorDep
 def webhook(
     event: LabelStudioEvent, session: SessionDep, engine: EngineDep, settings: SettingsDep, background: BackgroundTasks, response: Response
 ):
-    """START_TRAINING queues a training job, after answering. Annotation events are taken here only
-    when /ml is behind basic auth: otherwise anyone reaching /ml could rewrite annotations, and they
-    arrive through the secret-checked /api/v1/webhooks/label-studio instead."""
-    accepted = (operations.TRAINING_EVENT, *(operations.ANNOTATION_EVENTS if settings.ml_basic_auth_user else ()))
-    if event.action not in accepted:
+    """START_TRAINING queues a training job, after answering; annotation events only when /ml is
+    behind basic auth (``events.ml_webhook_actions``)."""
+    if event.action not in events.ml_webhook_actions(settings):
         response.status_code = 200
         return WebhookAccepted(status="ignored: not an event this endpoint takes", action=event.action)
-    project = operations.event_project(session, event.project.id if event.project else None)
-    background.add_task(operations.process_event, engine, project.id, event.model_dump(), settings)
+    project = events.event_project(session, event.project.id if event.project else None)
+    background.add_task(events.process_event, engine, project.id, event.model_dump(), settings)
     return WebhookAccepted(status="accepted", action=event.action)

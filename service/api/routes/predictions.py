@@ -2,10 +2,10 @@
 
 from fastapi import APIRouter
 
-from .. import operations
+from ...operations import predictions
+from ...schemas import PredictRequest, PredictResponse
 from ..deps import PredictorDep, ProjectDep
 from ..errors import ERROR_RESPONSES
-from ..schemas import PredictRequest, PredictResponse
 
 router = APIRouter(prefix="/projects/{project_id}", tags=["predictions"], responses=ERROR_RESPONSES)
 
@@ -13,4 +13,4 @@ router = APIRouter(prefix="/projects/{project_id}", tags=["predictions"], respon
 @router.post("/predict", response_model=PredictResponse, responses={409: {"description": "The project has no active model"}})
 def predict(body: PredictRequest, project: ProjectDep, predictor: PredictorDep):
     """Entities (character spans with scores) and a task confidence per text."""
-    return operations.predict(predictor, project, body.texts)
+    return predictions.predict(predictor, project, body.texts)

@@ -2,30 +2,31 @@
 
 from fastapi import APIRouter
 
-from .. import operations
+from ...operations import projects, reports
+from ...schemas import ProjectAttach, ProjectCreate, ProjectRead, ProjectReport, ProjectUpdate
 from ..deps import LabelStudioDep, ProjectDep, SessionDep
 from ..errors import ERROR_RESPONSES
-from ..schemas import ProjectAttach, ProjectCreate, ProjectRead, ProjectReport, ProjectUpdate
 
 router = APIRouter(prefix="/projects", tags=["projects"], responses=ERROR_RESPONSES)
+ATTACH_CONFLICT = {409: {"description": "Already attached, or no Label Studio configured"}}
 
 
 @router.post("", response_model=ProjectRead, status_code=201, responses={502: {"description": "Label Studio refused"}})
 def create_project(body: ProjectCreate, session: SessionDep, client: LabelStudioDep):
     """Create a project with its entity labels; with a Label Studio API key configured, the Label
     Studio project is created too (unless ``create_in_label_studio`` is false)."""
-    return operations.create_project(session, body, client)
+    return projects.create(session, body, client)
 
 
-@router.post("/attach", response_model=ProjectRead, status_code=201, responses={409: {"description": "Already attached, or no Label Studio configured"}})
+@router.post("/attach", response_model=ProjectRead, status_code=201, responses=ATTACH_CONFLICT)
 def attach_project(body: ProjectAttach, session: SessionDep, client: LabelStudioDep):
     """Create a project for an existing Label Studio project, reading labels and tag names from its config."""
-    return operations.attach_project(session, body, client)
+    return projects.attach(session, body, client)
 
 
 @router.get("", response_model=list[ProjectRead])
 def list_projects(session: SessionDep):
-    return operations.list_projects(session)
+    return projects.list_all(session)
 
 
 @router.get("/{project_id}", response_model=ProjectRead)
@@ -36,10 +37,10 @@ def get_project(project: ProjectDep):
 @router.patch("/{project_id}", response_model=ProjectRead)
 def update_project(project: ProjectDep, body: ProjectUpdate, session: SessionDep):
     """Change the query strategy, the retraining interval, or whether (and how much) training uses augmented examples."""
-    return operations.update_project(session, project, body)
+    return projects.update(session, project, body)
 
 
 @router.get("/{project_id}/report", response_model=ProjectReport)
 def project_report(project: ProjectDep, session: SessionDep):
     """Entities per label in accepted annotations, task counts (pool, labelled, dev) and model versions with F1."""
-    return operations.report(session, project)
+    return reports.report(session, project)

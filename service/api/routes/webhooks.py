@@ -2,10 +2,10 @@
 
 from fastapi import APIRouter, BackgroundTasks, Depends
 
-from .. import operations
+from ...operations import events
+from ...schemas import LabelStudioEvent, WebhookAccepted
 from ..deps import EngineDep, SessionDep, SettingsDep, require_webhook_secret
 from ..errors import ERROR_RESPONSES
-from ..schemas import LabelStudioEvent, WebhookAccepted
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"], dependencies=[Depends(require_webhook_secret)], responses=ERROR_RESPONSES)
 
@@ -15,6 +15,6 @@ def label_studio_event(
     event: LabelStudioEvent, session: SessionDep, engine: EngineDep, settings: SettingsDep, background: BackgroundTasks
 ):
     """Accept an event at once (Label Studio waits 1 s) and process it after the response."""
-    project = operations.event_project(session, event.project.id if event.project else None)
-    background.add_task(operations.process_event, engine, project.id, event.model_dump(), settings)
+    project = events.event_project(session, event.project.id if event.project else None)
+    background.add_task(events.process_event, engine, project.id, event.model_dump(), settings)
     return WebhookAccepted(status="accepted", action=event.action)

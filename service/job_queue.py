@@ -1,9 +1,10 @@
-"""Job rows on the requesting side: how the API, the CLI and the workers' follow-ups turn a request into
-a queued job and a task on the broker, sent by name (the task code lives in ``workers.tasks``).
+"""Job rows on the requesting side: how the API, the CLI, the beat and the workers' follow-ups turn a
+request into a queued job and a task on the broker, sent by name (the task code lives in
+``workers.tasks``).
 
 Requests coalesce: asking for a training (or a sync) while one of the project's is still queued
 returns that job instead of queueing another, so a burst of requests during a run leaves exactly one
-follow-up. How a worker then claims and runs a job is ``workers.jobs``.
+follow-up. How a worker then claims and runs a job is ``workers.lifecycle``.
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ from datetime import datetime
 from sqlalchemy import func, update
 from sqlmodel import Session, select
 
-from workers.celery_app import enqueue
+from workers.celery_app import enqueue, job_task
 
 from .models import Job, JobStatus, ModelVersion, Project, Task, TaskState, utcnow
 from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-
-TASK_NAMES = {"train": "nerloop.train", "score_pool": "nerloop.score_pool", "sync": "nerloop.sync", "augment": "nerloop.augment"}
 
 
 class EnqueueError(RuntimeError):
@@ -38,22 +37,15 @@ def lock_project(session: Session, project_id: int) -> None:
 
 
 def request(
-    session: Session,
-    project_id: int,
-    kind: str,
-    *args,
-    settings: Settings | None = None,
-    coalesce: bool = True,
-    queue: str | None = None,
-    **task_kwargs,
+    session: Session, project_id: int, kind: str, *, settings: Settings | None = None, coalesce: bool = True, **task_kwargs
 ) -> Job:
-    """A queued job of ``kind`` for the project, its task sent as ``TASK_NAMES[kind](project_id, *args,
-    job_id=..., **task_kwargs)`` to ``queue`` (default: the task's own); with ``coalesce``, a job of that
-    kind already queued is returned instead.
+    """A queued job of ``kind`` for the project, its task sent as ``nerloop.<kind>(project_id=...,
+    job_id=..., **task_kwargs)``; with ``coalesce``, a job of that kind already queued is returned instead.
 
     Commits. Raises ``EnqueueError`` (after marking the new job failed) when the broker refuses.
     """
-    name = TASK_NAMES[kind]
+    name = job_task(kind)
+    arguments = {"project_id": project_id, **task_kwargs}
     lock_project(session, project_id)
     if coalesce:
         waiting = session.exec(
@@ -62,17 +54,14 @@ def request(
         if waiting is not None:
             resend = _looks_lost(waiting)
             if resend:
-                waiting.progress = {**waiting.progress, "sent_at": utcnow().isoformat()}
-                session.add(waiting)
+                waiting.sent_at = utcnow()
             session.commit()
             if resend:
                 # No worker has looked at it for a while: its message may be gone (a Redis restarted
                 # without persistence). Sending it again is safe: a second delivery only waits.
                 log.warning("job %s has waited since %s unseen by any worker; sending it again", waiting.id, waiting.created_at)
                 try:
-                    enqueue(
-                        name, project_id, *args, job_id=waiting.id, queue=queue, settings=settings, task_id=waiting.celery_id, **task_kwargs
-                    )
+                    enqueue(name, settings=settings, task_id=waiting.celery_id, job_id=waiting.id, **arguments)
                 except Exception as error:  # the first message may still be there: keep the job queued
                     log.error("job %s: sending it again failed: %s", waiting.id, error)
             return waiting
@@ -81,7 +70,7 @@ def request(
     session.commit()
     session.refresh(job)
     try:
-        enqueue(name, project_id, *args, job_id=job.id, queue=queue, settings=settings, task_id=job.celery_id, **task_kwargs)
+        enqueue(name, settings=settings, task_id=job.celery_id, job_id=job.id, **arguments)
     except Exception as error:  # any broker or connection error: the job must not stay queued
         mark_failed(job, f"could not enqueue {name}: {type(error).__name__}: {error}")
         session.add(job)
@@ -102,10 +91,22 @@ def retrain_if_due(session: Session, project: Project, settings: Settings | None
     return request(session, project.id, "train", settings=settings)
 
 
+def after_annotations_changed(session: Session, project: Project, settings: Settings | None = None) -> Job | None:
+    """What follows a change of the project's annotations, wherever it came from (the API, a webhook,
+    a pull): commit it, then queue a training when one is due (``retrain_if_due``). A broker that
+    refuses is logged, never raised: the annotations stand, and the beat's sweep asks again."""
+    session.commit()
+    try:
+        return retrain_if_due(session, project, settings)
+    except EnqueueError as error:
+        log.error("project %s: training not queued: %s", project.id, error)
+        return None
+
+
 def _looks_lost(job: Job) -> bool:
     """Queued, and neither sent nor seen by a worker for ``job_stale_seconds``."""
-    moments = [job.created_at, *(parse_time(job.progress.get(key)) for key in ("sent_at", "waiting_at"))]
-    return age(max(m for m in moments if m is not None)) > get_settings().job_stale_seconds
+    moments = [m for m in (job.created_at, job.sent_at, job.waiting_at) if m is not None]
+    return age(max(moments)) > get_settings().job_stale_seconds
 
 
 def mark_failed(job: Job, error: str) -> None:
@@ -114,11 +115,5 @@ def mark_failed(job: Job, error: str) -> None:
     job.finished_at = utcnow()
 
 
-def parse_time(value) -> datetime | None:
-    return datetime.fromisoformat(value) if isinstance(value, str) else None
-
-
 def age(moment: datetime) -> float:
     return (utcnow() - moment).total_seconds()
-
-

@@ -1,7 +1,10 @@
-"""Request and response bodies of our REST API (/api/v1) and of the Label Studio ML backend (/ml).
+"""Every request and response body of our REST API (/api/v1) and of the Label Studio ML backend (/ml),
+in one place. Response models that show a table's columns are built on its base class in ``models``.
 
-Validation that needs the project (labels known, spans inside the text, no overlaps) happens in
-``operations``, through ``active_learning.spans.validate``; these models check shapes and bounds.
+HTTP-free, like the operations that take and return these models (``service.operations``) and the CLI
+that validates its options with them; the routes in ``service.api`` name them as their bodies.
+Validation that needs the project (labels known, spans inside the text, no overlaps) happens in the
+operations, through ``active_learning.spans.validate``; these models check shapes and bounds.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
 from active_learning.strategies import STRATEGIES
+from augment import AUGMENTERS
 
-from ..models import ModelStatus
+from .models import AnnotationBase, JobBase, JobStatus, ModelStatus, ModelVersionBase, ModelVersionSummary, ProjectBase
 
 MAX_ID = 2**63 - 1  # the database's integer range; larger ids could never exist
 MAX_TEXT = 100_000  # characters per text
@@ -63,13 +67,31 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# ---- errors ---------------------------------------------------------------------------------------
+
+
+class FieldError(BaseModel):
+    field: str | None
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """The one error shape: ``field`` is a path from the request part (``body.texts[0]``,
+    ``path.project_id``, ``query.format``, ``file``, ``header.Authorization``), null when no single
+    field is at fault."""
+
+    detail: list[FieldError]
+
+
 # ---- projects -----------------------------------------------------------------------------------
 
 
 class ProjectCreate(Strict):
     name: Name
     labels: Labels
-    create_in_label_studio: bool = Field(True, description="Also create the Label Studio project (when a Label Studio API key is configured)")
+    create_in_label_studio: bool = Field(
+        True, description="Also create the Label Studio project (when a Label Studio API key is configured)"
+    )
 
 
 class ProjectAttach(Strict):
@@ -77,19 +99,8 @@ class ProjectAttach(Strict):
     name: Name | None = Field(None, description="Default: the Label Studio project's title")
 
 
-class ProjectRead(BaseModel):
+class ProjectRead(ProjectBase):
     id: int
-    name: str
-    labels: list[str]
-    ls_project_id: int | None
-    from_name: str
-    to_name: str
-    text_key: str
-    strategy: str
-    retrain_every: int
-    augment: bool
-    augment_ratio: float
-    created_at: datetime
 
 
 class ProjectUpdate(Strict):
@@ -102,13 +113,35 @@ class ProjectUpdate(Strict):
 
 
 class AugmentRequest(Strict):
-    method: str = Field(description="backtranslate, mention_replacement, token_replacement, synonym or shuffle")
+    method: str = Field(description=f"One of {', '.join(AUGMENTERS)}")
     n: int = Field(1, ge=1, le=50, strict=True, description="New examples per labelled training task, at most")
     seed: int = Field(0, ge=0, le=2**31 - 1, strict=True)
     params: dict[str, Any] = Field(default_factory=dict, description="The method's parameters (see augment's augmenters)")
 
 
-# ---- tasks ----------------------------------------------------------------------------------------
+class JobRead(JobBase):
+    id: int
+
+
+# ---- file formats --------------------------------------------------------------------------------
+
+
+class TaskFormat(str, Enum):
+    """A task file's format (an upload's, or an import's)."""
+
+    jsonl = "jsonl"
+    csv = "csv"
+    conll = "conll"
+
+
+class ExportFormat(str, Enum):
+    """The format of exported annotations: character spans (JSONL) or IOB2 columns (CoNLL)."""
+
+    jsonl = "jsonl"
+    conll = "conll"
+
+
+# ---- tasks ---------------------------------------------------------------------------------------
 
 
 class SpanIn(Strict):
@@ -151,36 +184,16 @@ class ImportReport(BaseModel):
 # ---- annotations ----------------------------------------------------------------------------------
 
 
-class ExportFormat(str, Enum):
-    jsonl = "jsonl"
-    conll = "conll"
-
-
-class AnnotationRead(BaseModel):
+class AnnotationRead(AnnotationBase):
     id: int
-    task_id: int
-    text: str
-    spans: list[list[Any]]
-    annotator: str
-    accepted: bool
-    cancelled: bool
-    ground_truth: bool
-    ls_annotation_id: int | None
-    updated_at: datetime
+    text: str = Field(description="The task's text")
 
 
 # ---- models and prediction ------------------------------------------------------------------------
 
 
-class ModelVersionRead(BaseModel):
+class ModelVersionRead(ModelVersionBase):
     id: int
-    name: str
-    status: ModelStatus
-    dev_f1: float | None
-    train_size: int
-    metrics: dict[str, Any]
-    path: str
-    created_at: datetime
 
 
 class PredictRequest(Strict):
@@ -224,12 +237,8 @@ class TaskCounts(BaseModel):
     dev: int = Field(description="Labelled tasks held out as the dev set")
 
 
-class ReportModel(BaseModel):
-    name: str
-    status: ModelStatus
-    dev_f1: float | None
-    train_size: int
-    created_at: datetime
+class ReportModel(ModelVersionSummary):
+    """A model version as the project report lists it."""
 
 
 class ProjectReport(BaseModel):
@@ -243,6 +252,75 @@ class ProjectReport(BaseModel):
 class Health(BaseModel):
     status: str
     database: str
+
+
+# ---- dashboard: what the page (static/dashboard.html) draws --------------------------------------
+
+RECENT_JOBS = 20  # the dashboard's job list
+
+
+class TypeScores(BaseModel):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class VersionSummary(BaseModel):
+    id: int
+    name: str
+    status: ModelStatus
+    active: bool
+    train_size: int = Field(description="Labelled training tasks (dev set excluded) the version was trained on")
+    train_tokens: int | None = Field(description="Their words; None for versions trained before it was recorded")
+    dev_size: int | None = Field(description="Labelled dev tasks it was scored on")
+    dev_f1: float | None
+    per_type: dict[str, TypeScores] = Field(description="Dev precision, recall, F1 and support per entity type")
+    decision: str | None = Field(description="Why the training promoted it or not")
+    created_at: datetime
+
+
+class CurvePoint(BaseModel):
+    version: str
+    train_size: int
+    train_tokens: int | None
+    dev_f1: float
+
+
+class JobSummary(BaseModel):
+    id: int
+    kind: str
+    status: JobStatus
+    stage: str | None
+    fraction: float | None = Field(description="Share done, 0..1, when the job reports steps")
+    progress: dict[str, Any]
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_seconds: float | None
+
+
+class JobCounts(BaseModel):
+    by_status: dict[JobStatus, int]
+    by_kind: dict[str, dict[JobStatus, int]]
+
+
+class AnnotationCounts(BaseModel):
+    total: int = Field(description="Annotations stored for the project's tasks, cancelled ones included")
+    accepted: int = Field(description="The one annotation per labelled task that counts")
+
+
+class Dashboard(BaseModel):
+    project: ProjectRead
+    tasks: TaskCounts
+    annotations: AnnotationCounts
+    labels: dict[str, int] = Field(description="Entities per type in accepted annotations")
+    active_model: str | None
+    learning_curve: list[CurvePoint] = Field(description="Dev F1 against training-set size, oldest version first")
+    model_versions: list[VersionSummary]
+    jobs: list[JobSummary] = Field(description=f"The {RECENT_JOBS} newest jobs")
+    job_counts: JobCounts
 
 
 # ---- webhooks -------------------------------------------------------------------------------------

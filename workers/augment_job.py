@@ -9,12 +9,11 @@ over stores nothing.
 from __future__ import annotations
 
 from augment import run as augment
-
-from service import augmentation, sync
+from service import augmented_examples, sync
 from service.db import session_scope
 from service.models import Project
 
-from .jobs import JobRun
+from .lifecycle import JobRun
 
 
 def run_augmentation(project_id: int, run: JobRun, method: str, n: int, seed: int, params: dict) -> dict:
@@ -31,8 +30,8 @@ def run_augmentation(project_id: int, run: JobRun, method: str, n: int, seed: in
         method, train, n=n, seed=seed, params=params, labelled=[*train, *dev],
         on_progress=lambda done, total: run.update(done=done),
     )
-    with run.owned() as (session, job):
-        stored = augmentation.store(session, project_id, report.examples)
+    with run.owned() as session:
+        stored = augmented_examples.store(session, project_id, report.examples)
         summary = {**report.as_dict(), "stage": "done", "stored": stored}
-        run.finish(session, job, **summary)
+        run.finish(**summary)
     return summary

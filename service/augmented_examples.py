@@ -1,5 +1,5 @@
-"""Augmented examples in the service: requesting a job, storing what it made, and the training set
-that mixes them in.
+"""Augmented examples in the service: storing what an augmentation job made (``workers.augment_job``;
+jobs are requested in ``operations.jobs``), and the training set that mixes them in.
 
 An augmented example is derived from one labelled training task's accepted annotation. It counts
 for training only while that annotation is unchanged since the example was made (an edit of the
@@ -11,29 +11,14 @@ enables augmentation, at most ``augment_ratio`` augmented examples per real one.
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from sqlmodel import Session, select
 
 from active_learning.spans import Example
-from augment import METHODS, check
 
-from . import jobs, sync
-from .models import Annotation, AugmentedExample, Job, Project, Task
-from .settings import Settings
-
-
-def request_augmentation(
-    session: Session, project: Project, method: str, n: int = 1, seed: int = 0, params: dict | None = None,
-    settings: Settings | None = None,
-) -> Job:
-    """Queue an augmentation job on its method's queue (back-translation on ``gpu``, the rest on ``cpu``).
-    Raises ``augment.AugmentError`` for a bad request and ``jobs.EnqueueError`` when the broker refuses."""
-    checked = check(method, n, params)
-    return jobs.request(
-        session, project.id, "augment", coalesce=False, queue=METHODS[method], settings=settings,
-        method=method, n=n, seed=seed, params=checked,
-    )
+from . import sync
+from .models import Annotation, AugmentedExample, Project, Task
 
 
 def store(session: Session, project_id: int, examples: Sequence[Example]) -> int:

@@ -4,89 +4,27 @@ per-type F1, recent jobs and job counts. The page (static/dashboard.html) only d
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime
-from typing import Any
 
-from pydantic import BaseModel, Field
 from sqlalchemy import func
 from sqlmodel import Session, select
 
 from ..models import Annotation, Job, JobStatus, ModelStatus, ModelVersion, Project, Task
-from . import operations
-from .schemas import ProjectRead, TaskCounts
-
-RECENT_JOBS = 20
-# Job progress keys that are bookkeeping for the workers, not news for a person.
-INTERNAL_PROGRESS = {"owner", "heartbeat"}
-
-
-class TypeScores(BaseModel):
-    precision: float
-    recall: float
-    f1: float
-    support: int
-
-
-class VersionSummary(BaseModel):
-    id: int
-    name: str
-    status: ModelStatus
-    active: bool
-    train_size: int = Field(description="Labelled training tasks (dev set excluded) the version was trained on")
-    train_tokens: int | None = Field(description="Their words; None for versions trained before it was recorded")
-    dev_size: int | None = Field(description="Labelled dev tasks it was scored on")
-    dev_f1: float | None
-    per_type: dict[str, TypeScores] = Field(description="Dev precision, recall, F1 and support per entity type")
-    decision: str | None = Field(description="Why the training promoted it or not")
-    created_at: datetime
-
-
-class CurvePoint(BaseModel):
-    version: str
-    train_size: int
-    train_tokens: int | None
-    dev_f1: float
-
-
-class JobSummary(BaseModel):
-    id: int
-    kind: str
-    status: JobStatus
-    stage: str | None
-    fraction: float | None = Field(description="Share done, 0..1, when the job reports steps")
-    progress: dict[str, Any]
-    error: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    duration_seconds: float | None
-
-
-class JobCounts(BaseModel):
-    by_status: dict[JobStatus, int]
-    by_kind: dict[str, dict[JobStatus, int]]
-
-
-class AnnotationCounts(BaseModel):
-    total: int = Field(description="Annotations stored for the project's tasks, cancelled ones included")
-    accepted: int = Field(description="The one annotation per labelled task that counts")
-
-
-class Dashboard(BaseModel):
-    project: ProjectRead
-    tasks: TaskCounts
-    annotations: AnnotationCounts
-    labels: dict[str, int] = Field(description="Entities per type in accepted annotations")
-    active_model: str | None
-    learning_curve: list[CurvePoint] = Field(description="Dev F1 against training-set size, oldest version first")
-    model_versions: list[VersionSummary]
-    jobs: list[JobSummary] = Field(description=f"The {RECENT_JOBS} newest jobs")
-    job_counts: JobCounts
+from ..progress import progress_view
+from ..schemas import (
+    RECENT_JOBS,
+    AnnotationCounts,
+    CurvePoint,
+    Dashboard,
+    JobCounts,
+    JobSummary,
+    VersionSummary,
+)
+from . import model_versions, reports
 
 
 def dashboard(session: Session, project: Project) -> Dashboard:
-    report = operations.report(session, project)
-    versions = [version_summary(v) for v in operations.list_model_versions(session, project)]
+    report = reports.report(session, project)
+    versions = [version_summary(v) for v in model_versions.list_for_project(session, project)]
     newest_jobs = session.exec(select(Job).where(Job.project_id == project.id).order_by(Job.id.desc()).limit(RECENT_JOBS)).all()
     return Dashboard(
         project=report.project,
@@ -123,21 +61,13 @@ def version_summary(version: ModelVersion) -> VersionSummary:
 
 
 def job_summary(job: Job) -> JobSummary:
-    progress = {key: value for key, value in job.progress.items() if key not in INTERNAL_PROGRESS}
-    step, total = progress.get("step"), progress.get("total_steps")
-    if job.status == JobStatus.succeeded:
-        fraction = 1.0
-    elif isinstance(step, int) and isinstance(total, int) and total > 0:
-        fraction = min(step / total, 1.0)
-    else:
-        fraction = None
     return JobSummary(
         id=job.id,
         kind=job.kind,
         status=job.status,
-        stage=progress.get("stage"),
-        fraction=fraction,
-        progress=progress,
+        stage=job.progress.get("stage"),
+        fraction=progress_view(job).fraction,
+        progress=job.progress,
         error=job.error,
         created_at=job.created_at,
         started_at=job.started_at,

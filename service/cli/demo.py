@@ -13,6 +13,9 @@ Everything after that is production code: retraining once ``retrain_every`` task
 evaluation against the active model, promotion, pool scoring, the push of predictions. The
 annotators wait for each training and scoring to finish (people are slower than this CPU), and
 the active model is scored on a held-out test set after each one: the learning curve.
+
+The parts (``Stack``, the desks, ``run_loop``) also drive tests/test_end_to_end.py. Label Studio's
+SDK and seqeval are imported where they are used: every ``nerloop`` command imports this module.
 """
 
 from __future__ import annotations
@@ -20,23 +23,32 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
 
 import httpx
+import typer
+from rich.markup import escape
+from rich.table import Table
 
 from active_learning.corpus import word_offsets
-from active_learning.metrics import evaluate
 from active_learning.spans import Example, Span
 
-from .label_studio import LabelStudioClient, results_from_spans
+from .common import Epochs, MinSteps, Strategy, console, fail, progress_bar
+from .corpus import CORPUS_HELP, labels_of, load_pool_and_test
+
+app = typer.Typer()
 
 API = "/api/v1"
+REPO = Path(__file__).resolve().parents[2]
 PREDICT_CHUNK = 256  # texts per /predict request (the API's limit)
 
 
@@ -55,12 +67,34 @@ class DemoConfig:
 
 class Stack:
     """``nerloop serve``, ``nerloop worker`` and ``nerloop beat`` as child processes sharing one
-    environment; their logs go to files in ``logs``."""
+    environment; their logs go to files in ``logs``.
+
+    As a context manager it starts them and stops them on the way out, whatever ends the block: an
+    error, Ctrl-C, or a SIGTERM (a timeout, a kill), which would otherwise leave them running, since
+    they live in process sessions of their own.
+    """
 
     def __init__(self, env: dict[str, str], port: int, logs: Path):
         self.env, self.port, self.logs = env, port, logs
         self.url = f"http://127.0.0.1:{port}"
         self.processes: dict[str, subprocess.Popen] = {}
+
+    def __enter__(self) -> Stack:
+        def terminated(*_):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not interrupt the cleanup
+            sys.exit(143)
+
+        self._sigterm = signal.signal(signal.SIGTERM, terminated)
+        try:
+            self.start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stop()
+        signal.signal(signal.SIGTERM, self._sigterm)
 
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -144,6 +178,8 @@ class LabelStudioDesk:
         return task["id"], task["data"]["text"]
 
     def submit(self, task_id, text: str, spans: Sequence[Span]) -> None:
+        from service.label_studio import results_from_spans
+
         checked(self.http.post(f"/api/tasks/{task_id}/annotations/", json={"result": results_from_spans(text, spans)}))
 
 
@@ -181,7 +217,15 @@ def wait_job(stack: Stack, api: httpx.Client, job_id: int, timeout: float, on_pr
     return job
 
 
+def scoring_job(api: httpx.Client, project_id: int, version_id: int) -> dict | None:
+    """The job scoring the pool with ``version_id``, once it is queued."""
+    jobs = checked(api.get(f"{API}/projects/{project_id}/jobs"))
+    return next((j for j in jobs if j["kind"] == "score_pool" and j["progress"].get("version_id") == version_id), None)
+
+
 def f1_on(api: httpx.Client, project_id: int, test_set: Sequence[Example]) -> float:
+    from active_learning.metrics import evaluate  # seqeval and scikit-learn: seconds to import, for this only
+
     predicted = []
     for start in range(0, len(test_set), PREDICT_CHUNK):
         texts = [e.text for e in test_set[start : start + PREDICT_CHUNK]]
@@ -223,12 +267,8 @@ def run_loop(
         report("training", {"job": queued["id"], "round": round_})
         trained = wait_job(stack, api, queued["id"], config.job_timeout, lambda job: report("progress", job))
         if trained["progress"].get("promoted"):
-            version_id = trained["progress"]["version_id"]
-            scoring = stack.wait_until(
-                lambda: next((j for j in checked(api.get(f"{API}/projects/{project_id}/jobs")) if j["kind"] == "score_pool"
-                              and j["progress"].get("version_id") == version_id), None),
-                120, "the pool scoring to be queued",
-            )
+            promoted = trained["progress"]["version_id"]
+            scoring = stack.wait_until(partial(scoring_job, api, project_id, promoted), 120, "the pool scoring to be queued")
             wait_job(stack, api, scoring["id"], config.job_timeout, lambda job: report("progress", job))
         models = checked(api.get(f"{API}/projects/{project_id}/models"))
         active = next(m for m in models if m["status"] == "active")
@@ -263,7 +303,8 @@ def environment(home: Path, port: int, config: DemoConfig, label_studio: tuple[s
 
 
 def create_project(api: httpx.Client, labels: Sequence[str], config: DemoConfig, pool: Sequence[Example], with_label_studio: bool) -> dict:
-    project = checked(api.post(f"{API}/projects", json={"name": "demo", "labels": list(labels), "create_in_label_studio": with_label_studio}))
+    body = {"name": "demo", "labels": list(labels), "create_in_label_studio": with_label_studio}
+    project = checked(api.post(f"{API}/projects", json=body))
     checked(api.patch(f"{API}/projects/{project['id']}", json={"strategy": config.strategy, "retrain_every": config.batch}))
     imported = checked(api.post(f"{API}/projects/{project['id']}/tasks", json={"tasks": [{"text": e.text} for e in pool]}))
     project["imported"] = imported["created"]
@@ -271,7 +312,10 @@ def create_project(api: httpx.Client, labels: Sequence[str], config: DemoConfig,
 
 
 def register_webhook(label_studio: tuple[str, str], ls_project_id: int, public_url: str, secret: str) -> None:
-    LabelStudioClient(*label_studio).register_webhook(ls_project_id, public_url + f"{API}/webhooks/label-studio", secret)
+    from service.label_studio import LabelStudioClient
+    from service.operations.projects import WEBHOOK_PATH
+
+    LabelStudioClient(*label_studio).register_webhook(ls_project_id, public_url + WEBHOOK_PATH, secret)
 
 
 def new_secret() -> str:
@@ -300,7 +344,6 @@ def plot(points: Sequence[Point], full_pool_tokens: int, path: Path) -> None:
 def write_results(out: Path, points: Sequence[Point], models: list[dict], pool: Sequence[Example], test_set: Sequence[Example],
                   labels: Sequence[str], config: DemoConfig):
     """``curve.png`` and ``results.json`` in ``out``; returns the model versions as a rich table."""
-    from rich.table import Table
 
     pool_tokens = sum(len(word_offsets(e.text)) for e in pool)
     plot(points, pool_tokens, out / "curve.png")
@@ -321,3 +364,114 @@ def write_results(out: Path, points: Sequence[Point], models: list[dict], pool: 
             f"{point.labelled_tokens} ({point.labelled_tokens / pool_tokens:.0%})" if point else "–",
         )
     return table
+
+
+# ---- the command -----------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    data: Path | None = typer.Option(None, help=CORPUS_HELP),
+    pool_size: int = typer.Option(600, help="Sample this many pool sentences (0: all)"),
+    test_size: int = typer.Option(300, help="Sample this many test sentences (0: all)"),
+    batch: int = typer.Option(50, min=5, help="Tasks labelled before each retraining (the project's retrain_every)"),
+    rounds: int = typer.Option(3, min=0, help="Retrainings after the first"),
+    strategy: Strategy = typer.Option("mnlp", help="The project's query strategy"),
+    epochs: Epochs = 5,
+    min_steps: MinSteps = 100,
+    train_config: str | None = typer.Option(
+        None, help='TrainConfig fields as JSON, e.g. \'{"learning_rate": 3e-3}\' (over --epochs/--min-steps)'
+    ),
+    base_model: str = typer.Option("", help="Hugging Face model directory or id; default: all-MiniLM-L6-v2 (offline)"),
+    label_studio: bool = typer.Option(False, "--label-studio", help="Label through a local Label Studio (installed and started for you)"),
+    keep_running: bool | None = typer.Option(
+        None, "--keep-running/--stop", help="Leave the service up at the end (default: with --label-studio)"
+    ),
+    port: int = typer.Option(0, min=0, max=65535, help="The API's port (0: a free one)"),
+    out: Path = typer.Option(Path("runs/demo"), help="Output folder: curve.png, results.json, logs, the service's NERLOOP_HOME"),
+):
+    """The whole loop through the real service: API, worker and beat as processes; simulated
+    annotators label in uncertainty order; retraining, promotion, scoring and pushes run for real."""
+    from active_learning.training import TrainConfig
+
+    pool, test_set = load_pool_and_test(data, None, pool_size, test_size, 0)
+    labels = labels_of(pool, test_set)
+    training = {"epochs": epochs, "min_steps": min_steps}
+    try:
+        training.update(json.loads(train_config or "{}"))
+        TrainConfig(**training)
+    except (ValueError, TypeError) as error:
+        fail(f"--train-config: {error}")
+    config = DemoConfig(batch=batch, rounds=rounds, strategy=strategy.value, train_config=training, base_model=base_model)
+    if port == 0:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+    home = (out / "home").resolve()
+    shutil.rmtree(home, ignore_errors=True)  # each demo starts from an empty service
+    out.mkdir(parents=True, exist_ok=True)
+    ls = start_label_studio(REPO) if label_studio else None
+    secret = new_secret()
+    stack = Stack(environment(home, port, config, ls, secret), port, out / "logs")
+    console.print(
+        f"pool [bold]{len(pool)}[/bold] · test {len(test_set)} · labels {', '.join(labels)} · strategy {config.strategy} · "
+        f"retrain every {batch} · service on {stack.url} (logs: {out / 'logs'})"
+    )
+    keep = label_studio if keep_running is None else keep_running
+    try:
+        with stack, httpx.Client(base_url=stack.url, timeout=120) as api:
+            project = create_project(api, labels, config, pool, with_label_studio=ls is not None)
+            if ls:
+                register_webhook(ls, project["ls_project_id"], stack.url, secret)
+                desk = LabelStudioDesk(*ls, project["ls_project_id"])
+            else:
+                desk = NerloopDesk(api, project["id"])
+            points = follow_loop(stack, api, project["id"], desk, pool, test_set, config)
+            models = checked(api.get(f"{API}/projects/{project['id']}/models"))
+            console.print(write_results(out, points, models, pool, test_set, labels, config))
+            console.print(f"learning curve: {out / 'curve.png'} · numbers: {out / 'results.json'} · service state: {home}")
+            if keep:
+                where = (
+                    f"Label Studio: {ls[0]} (login admin@nerloop.local / nerloop-admin), project {project['ls_project_id']}: "
+                    "pre-annotations in uncertainty order\n" if ls else ""
+                )
+                console.print(f"{where}dashboard: {stack.url}/dashboard · Ctrl-C stops the service")
+                serve_until_interrupted(stack)
+    except (RuntimeError, TimeoutError, httpx.HTTPError) as error:
+        fail(str(error))
+    if not keep:
+        console.print(f"dashboard: NERLOOP_HOME={home} .venv/bin/nerloop serve, then http://127.0.0.1:8000/dashboard")
+
+
+def follow_loop(stack: Stack, api: httpx.Client, project_id: int, desk, pool, test_set, config: DemoConfig) -> list[Point]:
+    """``run_loop`` with progress bars: tasks labelled, the job running, and a line per point."""
+    from service.models import Job
+    from service.progress import progress_view
+
+    with progress_bar() as progress:
+        labelled = progress.add_task("annotators labelling", total=len(pool))
+        job_bar = progress.add_task("waiting for labels", total=None)
+
+        def report(event: str, fields: dict) -> None:
+            if event == "labelled":
+                progress.update(labelled, completed=fields["tasks"])
+            elif event == "progress":
+                view = progress_view(Job.model_validate(fields))
+                description = f"{fields['kind']} job {fields['id']} · {escape(view.summary)}"
+                progress.update(job_bar, total=view.total, completed=view.done, description=description)
+            elif event == "point":
+                progress.console.print(
+                    f"  {fields['version']}: {fields['labelled_tasks']} tasks / {fields['labelled_tokens']} tokens labelled"
+                    f" → test F1 {fields['test_f1']:.3f}"
+                )
+
+        return run_loop(stack, api, project_id, desk, pool, test_set, config, report)
+
+
+def serve_until_interrupted(stack: Stack) -> None:
+    try:
+        while True:
+            stack.check()
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,20 @@
+"""The ``nerloop`` command line, one module per group of commands: projects (init, configure, sync,
+import, export), jobs (train, augment, jobs), processes (serve, worker, beat), demo and simulate.
+
+Every command that touches a project goes through ``service.operations``, as the API does.
+"""
+
+import typer
+
+from . import demo, jobs, processes, projects, simulate
+
+app = typer.Typer(help="Active learning and label-preserving augmentation for NER, around Label Studio.", no_args_is_help=True)
+
+
+@app.callback()
+def main() -> None:
+    """nerloop: label less, learn more."""
+
+
+for group in (demo, simulate, processes, projects, jobs):
+    app.add_typer(group.app)

@@ -1,0 +1,127 @@
+"""``nerloop simulate``: the active-learning loop on the ML core alone, gold labels standing in for annotators."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from active_learning.strategies import BALD, STRATEGIES
+
+from .common import BatchSize, Epochs, LearningRate, MinSteps, console, fail, progress_bar
+from .corpus import CORPUS_HELP, labels_of, load_pool_and_test
+
+app = typer.Typer()
+
+
+@app.command()
+def simulate(
+    data: Path | None = typer.Option(None, help=CORPUS_HELP),
+    test: Path | None = typer.Option(None, help="Test file; default: the folder's *testb/*test file, or a 20% hold-out"),
+    strategies: str = typer.Option("mnlp,random", help=f"Comma-separated: {', '.join(STRATEGIES)}"),
+    seed_size: int = typer.Option(100, help="Cold-start labelled set, in --unit"),
+    batch: int = typer.Option(100, help="Labelled per round, in --unit"),
+    rounds: int = typer.Option(5, help="Query rounds after the seed set"),
+    unit: str = typer.Option("sentences", help="Budget unit: sentences or tokens"),
+    seeds: str = typer.Option("0", help="Comma-separated random seeds; curves are averaged over them"),
+    pool_size: int = typer.Option(0, help="Sample this many pool sentences (0: all)"),
+    test_size: int = typer.Option(0, help="Sample this many test sentences (0: all)"),
+    base_model: str | None = typer.Option(None, help="Hugging Face model directory or id; default: all-MiniLM-L6-v2 (offline)"),
+    epochs: Epochs = 10,
+    min_steps: MinSteps = 150,
+    learning_rate: LearningRate = 1e-4,
+    batch_size: BatchSize = 16,
+    mc_samples: int = typer.Option(BALD.mc_samples, help="MC-dropout passes for BALD"),
+    diversity: bool = typer.Option(False, help="Spread each batch with k-means on embeddings"),
+    out: Path = typer.Option(Path("runs/simulate"), help="Output folder for curve.json and curve.png"),
+):
+    """Run the active-learning loop with gold labels standing in for annotators."""
+    from active_learning.simulation import SimulationConfig, write_results
+    from active_learning.simulation import simulate as run_simulation
+    from active_learning.training import TrainConfig
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        fail(f"--seeds: expected comma-separated integers, got {seeds!r}")
+    try:
+        config = SimulationConfig(
+            strategies=[s.strip() for s in strategies.split(",") if s.strip()],
+            seed_size=seed_size,
+            batch=batch,
+            rounds=rounds,
+            unit=unit,
+            seeds=seed_list,
+            base_model=base_model,
+            mc_samples=mc_samples,
+            diversity=diversity,
+            train=TrainConfig(epochs=epochs, min_steps=min_steps, learning_rate=learning_rate, batch_size=batch_size),
+        )
+    except ValueError as error:
+        fail(str(error))
+    pool, test_set = load_pool_and_test(data, test, pool_size, test_size, seed_list[0] if seed_list else 0)
+    labels = labels_of(pool, test_set)
+    console.print(
+        f"pool [bold]{len(pool)}[/bold] sentences · test [bold]{len(test_set)}[/bold] · labels {', '.join(labels)} · "
+        f"strategies {', '.join(config.strategies)}"
+    )
+    with progress_bar() as progress:
+        trainings = len(seed_list) * (len(config.strategies) * (config.rounds + 1) + 1)
+        overall = progress.add_task("simulation", total=trainings)
+        steps = progress.add_task("training", total=1)
+
+        def on_stage(message: str) -> None:
+            progress.reset(steps, total=1)
+            progress.update(overall, description=message)
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            progress.update(steps, total=total, completed=step, description=f"training · loss {loss:.3f}")
+
+        def on_result(result) -> None:  # one per training
+            progress.advance(overall)
+            progress.console.print(
+                f"  {result.strategy:>16} seed {result.seed} round {result.round}: {result.sentences} sentences, "
+                f"{100 * result.tokens_fraction:.1f}% of pool tokens → F1 {result.f1:.3f}"
+            )
+
+        document = run_simulation(pool, test_set, labels, config, on_stage=on_stage, on_step=on_step, on_result=on_result)
+    curve, png = write_results(document, out)
+    print_summary(document)
+    console.print(f"\ncurve: [bold]{curve}[/bold]\nplot:  [bold]{png}[/bold]")
+
+
+def print_summary(document: dict) -> None:
+    table = Table(title="Learning curve: entity F1 on test (share of pool tokens labelled) by round")
+    strategies = list(dict.fromkeys(r["strategy"] for r in document["rounds"]))
+    table.add_column("round")
+    for name in strategies:
+        table.add_column(name)
+    by_round: dict[int, dict[str, list]] = {}
+    for r in document["rounds"]:
+        by_round.setdefault(r["round"], {}).setdefault(r["strategy"], []).append(r)
+    for number, row in sorted(by_round.items()):
+        cells = []
+        for name in strategies:
+            runs = row.get(name, [])
+            if runs:  # mean over seeds
+                f1 = sum(r["f1"] for r in runs) / len(runs)
+                share = sum(r["tokens_fraction"] for r in runs) / len(runs)
+                cells.append(f"{f1:.3f} ({100 * share:.1f}%)")
+            else:
+                cells.append("")
+        table.add_row(str(number), *cells)
+    console.print(table)
+    summary = Table(title="Summary")
+    for column in ("strategy", "final F1", "full-pool F1", "tokens to 99% of full F1", "AULC vs random"):
+        summary.add_column(column)
+    for name, s in document["summary"].items():
+        reached = s["tokens_fraction_to_99pct_full_f1"]
+        summary.add_row(
+            name,
+            f"{s['final_f1']:.3f}",
+            f"{s['full_pool_f1']:.3f}" if s["full_pool_f1"] is not None else "-",
+            f"{100 * reached:.1f}%" if reached is not None else f"not within {100 * s['final_tokens_fraction']:.1f}%",
+            f"{s['aulc_vs_random']:.3f}" if s["aulc_vs_random"] is not None else "-",
+        )
+    console.print(summary)
