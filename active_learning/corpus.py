@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-from .spans import Example, Span, SpanError, bio_to_spans, boundaries, iob1_to_iob2, spans_to_bio, validate
+from .spans import Example, Span, SpanError, bio_to_spans, boundaries, iob1_to_iob2, spans_to_bio, validate, validate_meta
 
 _TAG = re.compile(r"^(O|[BI]-\S+)$")
 # Weibo NER writes each character followed by its position in its jieba word ("科0", "p10"); a few
@@ -153,6 +153,16 @@ def _spans_from_json(raw, where: str) -> list:
     return spans
 
 
+def _json(document: str, where: str):
+    """``document`` parsed, or a ``CorpusError`` naming ``where`` (also for nesting deeper than the stack)."""
+    try:
+        return json.loads(document)
+    except json.JSONDecodeError as error:
+        raise CorpusError(f"{where}: not valid JSON ({error.msg})") from None
+    except RecursionError:
+        raise CorpusError(f"{where}: JSON nested too deeply to read") from None
+
+
 def read_jsonl(source: Source, labels: Iterable[str] | None = None, name: str | None = None) -> list[Example]:
     """One JSON object per line: ``{"text": ..., "spans": [[start, end, label], ...], ...}``.
 
@@ -167,17 +177,14 @@ def read_jsonl(source: Source, labels: Iterable[str] | None = None, name: str | 
             if not line.strip():
                 continue
             where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise CorpusError(f"{where}: not valid JSON ({error.msg})") from None
+            record = _json(line, where)
             if not isinstance(record, dict) or "text" not in record:
                 raise CorpusError(f"{where}: expected an object with a 'text' field")
             try:
                 spans = validate(record["text"], _spans_from_json(record.get("spans"), where), labels)
+                meta = validate_meta({k: v for k, v in record.items() if k not in ("text", "spans")})
             except SpanError as error:
                 raise CorpusError(f"{where}: {error}") from None
-            meta = {k: v for k, v in record.items() if k not in ("text", "spans")}
             examples.append(Example(record["text"], spans, meta))
     return examples
 
@@ -230,10 +237,7 @@ def read_label_studio(path: str | Path, text_key: str = "text", include_unlabell
     accepted annotation are skipped unless ``include_unlabelled``.
     """
     path = Path(path)
-    try:
-        tasks = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise CorpusError(f"{path}: not valid JSON ({error.msg})") from None
+    tasks = _json(path.read_text(encoding="utf-8"), str(path))
     if not isinstance(tasks, list):
         raise CorpusError(f"{path}: expected a JSON list of Label Studio tasks")
     examples = []

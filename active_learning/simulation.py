@@ -1,14 +1,21 @@
 """The oracle simulation: run the active-learning loop with gold labels standing in for annotators.
 
-Per seed, every strategy starts from the same random seed set, then for each round trains a fresh
-tagger on what is labelled, scores it on the test set, asks its strategy for the next batch from the
-pool and "labels" it by revealing the gold spans. One more tagger trained on the whole pool gives
-the reference F1. Costs are counted in sentences or in words (annotation cost is per token).
+Every round goes through the train job's recipe (``recipe.run_recipe``): the labelled set is split
+into train and dev by the service's hash rule, the candidate warm-starts from the active version
+(fresh from the base model in round 0), early-stops on dev F1 and replaces the active version only
+when its dev F1 is not worse. What a round reports is the active version's test F1: what a user of
+the service would be served. An arm named ``<strategy>+self_training`` adds the active version's
+confident pseudo-labels from the unlabelled pool to each training. After every training the
+stopping signal (``stopping``) compares the candidate with the active version on a fixed stop set.
+
+Per seed, every arm starts from the same random seed set; one training on the whole pool (same
+recipe, fresh start) gives the reference F1. Costs are counted in sentences or in words.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,19 +23,29 @@ from pathlib import Path
 import numpy as np
 from transformers import set_seed
 
+from . import recipe, stopping
 from .corpus import word_offsets
 from .metrics import evaluate
+from .recipe import RecipeInputs, SelfTraining, content_hash, split_dev, start_from
 from .spans import Example
 from .strategies import BALD, make_strategy, select
-from .tagger import Tagger
-from .training import TrainConfig, train
+from .tagger import Tagger, default_base_model
+from .training import TrainConfig
 
 TARGET_SHARE = 0.99  # "reaches full-pool quality" means 99% of the full-pool F1 (Shen et al.)
+SELF_TRAINING_ARM = "+self_training"  # suffix of an arm that adds pseudo-labels to its strategy
+
+
+def arm_strategy(arm: str) -> tuple[str, bool]:
+    """(strategy name, self-training?) of an arm such as ``mnlp`` or ``mnlp+self_training``."""
+    if arm.endswith(SELF_TRAINING_ARM):
+        return arm.removesuffix(SELF_TRAINING_ARM), True
+    return arm, False
 
 
 @dataclass
 class SimulationConfig:
-    strategies: list[str] = field(default_factory=lambda: ["mnlp", "random"])
+    strategies: list[str] = field(default_factory=lambda: ["mnlp", "random"])  # arms
     seed_size: int = 100
     batch: int = 100
     rounds: int = 5
@@ -38,6 +55,8 @@ class SimulationConfig:
     mc_samples: int = BALD.mc_samples  # forward passes with dropout, for a strategy that uses them
     diversity: bool = False
     full_pool: bool = True
+    dev_share: float = 0.2  # the service's default ``dev_share``
+    self_training: SelfTraining = field(default_factory=lambda: SelfTraining(enabled=True))  # for "+self_training" arms
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -45,21 +64,31 @@ class SimulationConfig:
             raise ValueError("strategies: give at least one")
         if self.unit not in ("sentences", "tokens"):
             raise ValueError("unit must be 'sentences' or 'tokens'")
-        for name in self.strategies:
-            make_strategy(name)  # fails early on an unknown name
+        for arm in self.strategies:
+            make_strategy(arm_strategy(arm)[0])  # fails early on an unknown name
         if self.seed_size <= 0 or self.batch <= 0 or self.rounds < 0:
             raise ValueError("seed_size and batch must be positive, rounds non-negative")
+        if not 0.0 <= self.dev_share < 1.0:
+            raise ValueError("dev_share must be in [0, 1)")
 
 
 @dataclass
 class RoundResult:
-    strategy: str
+    strategy: str  # the arm
     seed: int
     round: int
     sentences: int
     tokens: int
     tokens_fraction: float
-    f1: float
+    f1: float  # the active version's, on test
+    promoted: bool = True
+    dev_size: int = 0
+    dev_f1: float | None = None  # the candidate's
+    steps: int = 0
+    pseudo_labelled: int = 0
+    kappa: float | None = None  # candidate vs the active version on the stop set
+    stop_fired: bool = False
+    f1_slope_per_1k_tokens: float | None = None
 
 
 def token_count(example: Example) -> int:
@@ -85,58 +114,111 @@ def simulate(
     """
     on_stage = on_stage or (lambda _: None)
     on_result = on_result or (lambda _: None)
+    labels = list(labels)
+    base_model = config.base_model or default_base_model()
     costs = np.array([token_count(e) if config.unit == "tokens" else 1 for e in pool])
     pool_tokens = int(sum(token_count(e) for e in pool))
+    stop_texts = [pool[i].text for i in stopping.stop_set([content_hash(e.text) for e in pool])]
     rounds: list[RoundResult] = []
     full_pool_f1: dict[int, float] = {}
 
-    def fit_and_score(examples: Sequence[Example], seed: int) -> tuple[Tagger, float]:
-        set_seed(seed)
-        tagger = Tagger.load(config.base_model, labels=list(labels))
-        train(tagger, examples, None, TrainConfig(**{**asdict(config.train), "seed": seed}), on_step=on_step)
-        predicted = tagger.predict([e.text for e in test])
-        return tagger, evaluate(test, [p.entity_spans for p in predicted]).f1
+    def test_f1(tagger: Tagger) -> float:
+        return evaluate(test, [p.entity_spans for p in tagger.predict([e.text for e in test])]).f1
+
+    def train_config(seed: int) -> TrainConfig:
+        return TrainConfig(**{**asdict(config.train), "seed": seed})
 
     for seed in config.seeds:
         if config.full_pool:
             on_stage(f"seed {seed} · full pool: training on all {len(pool)} texts")
-            full_pool_f1[seed] = fit_and_score(list(pool), seed)[1]
-            on_result(RoundResult("full_pool", seed, 0, len(pool), pool_tokens, 1.0, full_pool_f1[seed]))
+            set_seed(seed)
+            train_set, dev = split_dev(pool, config.dev_share)
+            inputs = RecipeInputs(start_from(None, base_model), labels, train_set, dev, train_config(seed))
+            outcome = recipe.run_recipe(inputs, None, on_step)
+            full_pool_f1[seed] = test_f1(outcome.tagger)
+            on_result(RoundResult("full_pool", seed, 0, len(pool), pool_tokens, 1.0, full_pool_f1[seed], dev_size=len(dev)))
         seed_set = select(np.random.default_rng(seed).random(len(pool)), costs, config.seed_size)
-        for name in config.strategies:
+        for arm in config.strategies:
+            name, self_training = arm_strategy(arm)
             strategy = make_strategy(name, seed, mc_samples=config.mc_samples)
-            labelled = list(seed_set)
-            for round_number in range(config.rounds + 1):
-                on_stage(f"seed {seed} · {name} · round {round_number}/{config.rounds}: training on {len(labelled)} texts")
-                tagger, f1 = fit_and_score([pool[i] for i in labelled], seed)
-                tokens = int(sum(token_count(pool[i]) for i in labelled))
-                rounds.append(RoundResult(name, seed, round_number, len(labelled), tokens, tokens / pool_tokens, f1))
-                on_result(rounds[-1])
-                if round_number == config.rounds:
-                    break
-                taken = set(labelled)
-                unlabelled = [i for i in range(len(pool)) if i not in taken]
-                if not unlabelled:
-                    break
-                on_stage(f"seed {seed} · {name} · round {round_number}/{config.rounds}: scoring {len(unlabelled)} pool texts")
-                predictions = tagger.predict(
-                    [pool[i].text for i in unlabelled],
-                    mc_samples=strategy.mc_samples,
-                    embeddings=config.diversity,
+            with tempfile.TemporaryDirectory(prefix="nerloop-simulate-") as versions:
+                rounds += _run_arm(
+                    arm, strategy, seed, seed_set, pool, costs, pool_tokens, stop_texts, labels, base_model,
+                    train_config(seed), config, self_training, Path(versions), test_f1, on_stage, on_step, on_result,
                 )
-                embeddings = np.stack([p.embedding for p in predictions]) if config.diversity else None
-                picked = select(strategy.scores(predictions), costs[unlabelled], config.batch, embeddings, seed=seed)
-                labelled += [unlabelled[i] for i in picked]
 
     document = {
-        "config": {**asdict(config), "labels": list(labels)},
+        "config": {**asdict(config), "labels": labels},
         "pool": {"sentences": len(pool), "tokens": pool_tokens},
         "test": {"sentences": len(test)},
+        "stop_set": {"sentences": len(stop_texts)},
         "full_pool_f1": {str(k): v for k, v in full_pool_f1.items()},
         "rounds": [asdict(r) for r in rounds],
     }
     document["summary"] = summarize(document)
     return document
+
+
+def _run_arm(
+    arm, strategy, seed, seed_set, pool, costs, pool_tokens, stop_texts, labels, base_model,
+    train_config, config, self_training, versions, test_f1, on_stage, on_step, on_result,
+) -> list[RoundResult]:
+    """One arm's rounds, as the service would run them: one recipe call per round, the active version
+    kept (and saved under ``versions`` for the next warm start) only when promoted."""
+    results: list[RoundResult] = []
+    labelled = list(seed_set)
+    active: Tagger | None = None
+    active_path: str | None = None
+    active_f1 = 0.0
+    pseudo: list[Example] = []
+    kappas: list[float | None] = []
+    version_tokens: list[int] = []
+    version_dev_f1: list[float | None] = []
+    for round_number in range(config.rounds + 1):
+        on_stage(f"seed {seed} · {arm} · round {round_number}/{config.rounds}: training on {len(labelled)} texts")
+        set_seed(seed)
+        train_set, dev = split_dev([pool[i] for i in labelled], config.dev_share)
+        inputs = RecipeInputs(start_from(active_path, base_model), labels, train_set, dev, train_config, pseudo)
+        outcome = recipe.run_recipe(inputs, active.predict if active else None, on_step)
+        tokens = int(sum(token_count(pool[i]) for i in labelled))
+        kappa = None
+        if active is not None and stop_texts:
+            kappa = stopping.cohen_kappa(
+                stopping.word_tags(active.predict(stop_texts)), stopping.word_tags(outcome.tagger.predict(stop_texts))
+            )
+        kappas.append(kappa)
+        version_tokens.append(tokens)
+        version_dev_f1.append(outcome.candidate.f1 if outcome.candidate else None)
+        signal = stopping.stop_signal(kappas, version_tokens, version_dev_f1)
+        if outcome.promote:
+            active = outcome.tagger
+            active_path = str(versions / f"round{round_number}")
+            active.save(active_path)
+            active_f1 = test_f1(active)
+        results.append(
+            RoundResult(
+                arm, seed, round_number, len(labelled), tokens, tokens / pool_tokens, active_f1,
+                promoted=outcome.promote, dev_size=len(dev), dev_f1=version_dev_f1[-1], steps=outcome.result.steps,
+                pseudo_labelled=len(pseudo), kappa=kappa, stop_fired=signal.fired, f1_slope_per_1k_tokens=signal.f1_slope_per_1k_tokens,
+            )
+        )
+        on_result(results[-1])
+        if round_number == config.rounds:
+            break
+        taken = set(labelled)
+        unlabelled = [i for i in range(len(pool)) if i not in taken]
+        if not unlabelled:
+            break
+        on_stage(f"seed {seed} · {arm} · round {round_number}/{config.rounds}: scoring {len(unlabelled)} pool texts")
+        predictions = active.predict([pool[i].text for i in unlabelled], mc_samples=strategy.mc_samples, embeddings=config.diversity)
+        embeddings = np.stack([p.embedding for p in predictions]) if config.diversity else None
+        picked = select(strategy.scores(predictions), costs[unlabelled], config.batch, embeddings, seed=seed)
+        labelled += [unlabelled[i] for i in picked]
+        if self_training:  # the active version's confident labels on what stays unlabelled, for the next round
+            chosen = set(picked)
+            rest = [k for k in range(len(unlabelled)) if k not in chosen]
+            pseudo = recipe.pseudo_labels([pool[unlabelled[k]].text for k in rest], [predictions[k] for k in rest], config.self_training)
+    return results
 
 
 def _mean_curve(rounds: list[dict], strategy: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -179,18 +261,33 @@ def summarize(document: dict) -> dict:
             hits = np.nonzero(y >= TARGET_SHARE * full_f1)[0]
             reached = float(x[hits[0]]) if len(hits) else None
         own = area(name)
+        fired = _first_stops(rounds, name)
         summary[name] = {
             "final_f1": float(y[-1]),
             "final_tokens_fraction": float(x[-1]),
             "full_pool_f1": full_f1,
             "tokens_fraction_to_99pct_full_f1": reached,
             "aulc_vs_random": own / random_area if own is not None and random_area else None,
+            # where the stopping signal first fired, averaged over the seeds where it did
+            "stop_fired_seeds": len(fired),
+            "stop_tokens_fraction": float(np.mean([r["tokens_fraction"] for r in fired])) if fired else None,
+            "stop_f1": float(np.mean([r["f1"] for r in fired])) if fired else None,
         }
     return summary
 
 
+def _first_stops(rounds: list[dict], strategy: str) -> list[dict]:
+    """Per seed, the first round of ``strategy`` at which the stopping signal fired."""
+    first: dict[int, dict] = {}
+    for r in rounds:
+        if r["strategy"] == strategy and r.get("stop_fired") and r["seed"] not in first:
+            first[r["seed"]] = r
+    return list(first.values())
+
+
 def plot_curves(document: dict, path: str | Path) -> None:
-    """F1 against labelled share of pool tokens, one line per strategy (band: ± 1 std over seeds)."""
+    """F1 against labelled share of pool tokens, one line per arm (band: ± 1 std over seeds), a star
+    where the arm's stopping signal first fired."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,8 +296,12 @@ def plot_curves(document: dict, path: str | Path) -> None:
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for name in dict.fromkeys(r["strategy"] for r in document["rounds"]):
         x, y, s = _mean_curve(document["rounds"], name)
-        axes.plot(100 * x, y, marker="o", label=name)
+        (line,) = axes.plot(100 * x, y, marker="o", label=name)
         axes.fill_between(100 * x, y - s, y + s, alpha=0.15)
+        stop = document.get("summary", {}).get(name, {})
+        if stop.get("stop_tokens_fraction") is not None:
+            axes.plot(100 * stop["stop_tokens_fraction"], stop["stop_f1"], marker="*", markersize=16, color=line.get_color(),
+                      linestyle="none", label=f"{name}: stopping signal")
     full = list(document["full_pool_f1"].values())
     if full:
         axes.axhline(np.mean(full), color="black", linestyle="--", linewidth=1, label="full pool")

@@ -7,7 +7,9 @@ converted here, through the character offsets of their tokens, so there is one c
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import json
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Integral
 from typing import NamedTuple
@@ -73,6 +75,59 @@ def validate(text: str, spans: Iterable[Sequence], labels: Iterable[str] | None 
         if b.start < a.end:
             raise SpanError(("spans",), f"{tuple(a)} and {tuple(b)} overlap")
     return checked
+
+
+MAX_META_DEPTH = 20  # levels of nested objects and lists; serialisers refuse a few hundred
+MAX_META_CHARACTERS = 100_000  # of the meta written as JSON
+
+
+def storable_string(value: str) -> str | None:
+    """Why no database can store ``value`` (a NUL, a lone UTF-16 surrogate), or None when it can."""
+    if "\x00" in value:
+        return "contains a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode (lone surrogate)"
+    return None
+
+
+def validate_meta(meta: object) -> dict:
+    """Check a task's ``meta`` before it is stored; return it as a dict or raise ``SpanError``.
+
+    It must be a JSON object (string keys; strings, finite numbers, booleans, null, lists, objects)
+    at most ``MAX_META_DEPTH`` levels deep and ``MAX_META_CHARACTERS`` long as JSON, with no NUL or
+    lone surrogate in any key or string: what the database stores and every response can serve.
+    Walked without recursion, so no nesting can exhaust the stack.
+    """
+    if not isinstance(meta, Mapping):
+        raise SpanError(("meta",), f"must be a JSON object, got {type(meta).__name__}")
+    pending: list[tuple[tuple, object, int]] = [(("meta",), meta, 1)]
+    while pending:
+        loc, value, depth = pending.pop()
+        if isinstance(value, str):
+            problem = storable_string(value)
+            if problem:
+                raise SpanError(loc, problem)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise SpanError(loc, f"{value} is not a JSON number")
+        elif isinstance(value, (Mapping, list, tuple)):
+            if depth > MAX_META_DEPTH:
+                raise SpanError(loc, f"nested deeper than {MAX_META_DEPTH} levels")
+            items = value.items() if isinstance(value, Mapping) else enumerate(value)
+            for key, item in items:
+                if isinstance(value, Mapping):
+                    if not isinstance(key, str):
+                        raise SpanError(loc, f"keys must be strings, got {key!r}")
+                    problem = storable_string(key)
+                    if problem:
+                        raise SpanError(loc, f"key {key!r} {problem}")
+                pending.append(((*loc, key), item, depth + 1))
+        elif not (value is None or isinstance(value, (bool, int, float))):
+            raise SpanError(loc, f"{type(value).__name__} is not a JSON value")
+    if len(json.dumps(meta, ensure_ascii=False)) > MAX_META_CHARACTERS:
+        raise SpanError(("meta",), f"longer than {MAX_META_CHARACTERS} characters as JSON")
+    return dict(meta)
 
 
 def boundaries(spans: Iterable[Span]) -> set[int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +23,9 @@ import torch
 from .spans import Example, Span, bio_chunks, spans_to_bio
 
 LABELS_FILE = "nerloop_labels.json"
+# A forward pass: a collated batch (``Tagger.collate``) in, float logits (windows, positions, tags) out.
+# ``Tagger.logits`` is PyTorch's; ``active_learning.onnx_tagger.OnnxLogits`` is ONNX Runtime's.
+Logits = Callable[[dict], np.ndarray]
 IGNORE_INDEX = -100  # positions the loss skips: special tokens and non-first sub-words
 
 
@@ -261,20 +264,33 @@ class Tagger:
 
     # ---- prediction ----------------------------------------------------------------------------
 
+    def logits(self, batch: dict) -> np.ndarray:
+        """The PyTorch forward pass (eval mode, bf16 autocast on CUDA) of a collated batch."""
+        self.model.eval()
+        with torch.inference_mode(), autocast(self.device):
+            return self.model(**batch).logits.float().cpu().numpy()
+
     def predict(
         self,
         texts: Sequence[str],
         batch_size: int = 64,
         mc_samples: int = 0,
         embeddings: bool = False,
+        logits: Logits | None = None,
     ) -> list[TaggedText]:
         """Predict spans with confidences and word marginals for each text.
 
-        Windows are sorted by length and batched with dynamic padding. ``mc_samples`` > 0 adds
-        that many forward passes with dropout on (MC dropout: a strategy's ``mc_samples``).
+        Windows are sorted by length and batched with dynamic padding. ``logits`` is the forward
+        pass (default ``self.logits``, PyTorch; an ONNX Runtime session serves the same way).
+        ``mc_samples`` > 0 adds that many PyTorch forward passes with dropout on (MC dropout: a
+        strategy's ``mc_samples``); ``embeddings`` needs PyTorch's hidden states, so it takes the
+        PyTorch pass.
         """
         if not texts:
             return []
+        if embeddings and logits is not None:
+            raise ValueError("embeddings need the PyTorch forward pass; give no logits")
+        forward = logits or self.logits
         encoded = self.encode(texts)
         n_tags = len(self.tags)
         marginals = [np.zeros((len(w), n_tags), dtype=np.float32) for w in encoded.words]
@@ -289,10 +305,14 @@ class Tagger:
             for first in range(0, len(order), batch_size):
                 windows = [encoded.windows[i] for i in order[first : first + batch_size]]
                 batch = self.collate(windows)
-                self.model.eval()
-                with torch.inference_mode(), autocast(self.device):
-                    out = self.model(**batch, output_hidden_states=embeddings)
-                probs = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
+                if embeddings:
+                    self.model.eval()
+                    with torch.inference_mode(), autocast(self.device):
+                        out = self.model(**batch, output_hidden_states=True)
+                    scores = out.logits.float().cpu().numpy()
+                else:
+                    scores = forward(batch)
+                probs = softmax(scores)
                 passes = []
                 if mc_samples:
                     self.model.train()  # dropout on, weights unchanged
@@ -353,6 +373,12 @@ class Tagger:
             ScoredSpan(words[first][0], words[last - 1][1], label, math.prod(float(marginals[w, path[w]]) for w in range(first, last)))
             for first, last, label in bio_chunks([tags[t] for t in path])
         ]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in float32."""
+    shifted = np.exp(logits - logits.max(-1, keepdims=True), dtype=np.float32)
+    return shifted / shifted.sum(-1, keepdims=True)
 
 
 def constrained_decode(marginals: np.ndarray, allowed: np.ndarray, starts: np.ndarray) -> list[int]:

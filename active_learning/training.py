@@ -1,5 +1,6 @@
-"""Fine-tuning recipe: AdamW with weight decay, linear warm-up then decay, gradient clipping and
-accumulation, early stopping on a dev set, bf16 autocast on CUDA, seeded."""
+"""The fine-tuning loop (``recipe.run_recipe`` decides what it trains on and from where): AdamW with
+weight decay, linear warm-up then decay, gradient clipping and accumulation, early stopping on a dev
+set, per-example loss weights, bf16 autocast on CUDA, seeded."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from transformers import get_linear_schedule_with_warmup, set_seed
 
 from .metrics import evaluate
 from .spans import Example
-from .tagger import Tagger, autocast
+from .tagger import IGNORE_INDEX, Tagger, autocast
 
 
 @dataclass
@@ -54,6 +55,16 @@ class TrainResult:
         return asdict(self)
 
 
+def weighted_loss(model: torch.nn.Module, batch: dict, weights: torch.Tensor) -> torch.Tensor:
+    """Token cross-entropy, each window's tokens scaled by its weight, averaged over labelled tokens
+    (with all weights 1 it is the model's own loss)."""
+    labels = batch.pop("labels")
+    logits = model(**batch).logits.float()
+    per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    labelled = labels != IGNORE_INDEX
+    return (per_token * weights[:, None] * labelled).sum() / labelled.sum().clamp(min=1)
+
+
 def train(
     tagger: Tagger,
     examples: Sequence[Example],
@@ -70,7 +81,9 @@ def train(
     if not examples:
         raise ValueError("no training examples")
     set_seed(config.seed)
-    data = tagger.training_windows(examples)
+    # (window, labels, weight): an example's ``meta["weight"]`` (pseudo-labels: below 1) scales its loss
+    windows = tagger.training_windows(examples)
+    data = [(window, labels, float(examples[window.text_index].meta.get("weight", 1.0))) for window, labels in windows]
     steps_per_epoch = math.ceil(len(data) / (config.batch_size * config.gradient_accumulation))
     epochs = max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
     total_steps = epochs * steps_per_epoch
@@ -98,9 +111,9 @@ def train(
         running, seen = 0.0, 0
         for first in range(0, len(data), config.batch_size):
             chunk = data[first : first + config.batch_size]
-            batch = tagger.collate([w for w, _ in chunk], [labels for _, labels in chunk])
+            batch = tagger.collate([w for w, _, _ in chunk], [labels for _, labels, _ in chunk])
             with autocast(tagger.device):
-                loss = model(**batch).loss
+                loss = weighted_loss(model, batch, torch.tensor([weight for _, _, weight in chunk], device=tagger.device))
             (loss / config.gradient_accumulation).backward()
             running, seen = running + loss.item(), seen + 1
             if seen % config.gradient_accumulation == 0 or first + config.batch_size >= len(data):

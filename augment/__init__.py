@@ -12,7 +12,7 @@ only; ``apply`` runs it with the same checks, deduplication and provenance as ``
 """
 
 from .augmenters import ContextAugmenter
-from .base import Augmenter, AugmentError
+from .base import Allowed, Augmenter, AugmentError
 from .pipeline import AUGMENTERS, Report, apply, check, faithful, run
 
-__all__ = ["AUGMENTERS", "AugmentError", "Augmenter", "ContextAugmenter", "Report", "apply", "check", "faithful", "run"]
+__all__ = ["AUGMENTERS", "Allowed", "AugmentError", "Augmenter", "ContextAugmenter", "Report", "apply", "check", "faithful", "run"]

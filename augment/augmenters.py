@@ -133,6 +133,11 @@ class Synonym(WordEditor):
     keeps_mentions = True
     defaults = {"p": 0.3, "wordnet_cache": ""}
 
+    @classmethod
+    def check_values(cls, params, allowed):
+        if allowed is not None and params["wordnet_cache"]:
+            allowed.path("wordnet_cache", params["wordnet_cache"])  # WordNet is copied there
+
     def __init__(self, params, pool):
         super().__init__(params, pool)
         self.wordnet = wordnet.reader(Path(params["wordnet_cache"]) if params["wordnet_cache"] else None)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 
 from .augmenters import ContextAugmenter
-from .base import Augmenter, AugmentError
+from .base import Augmenter, AugmentError, bounded
+
+DEVICE = re.compile(r"|cpu|mps|cuda(:\d{1,2})?")
 
 
 class Translator:
@@ -83,17 +86,23 @@ class BackTranslation(Augmenter):
     }
 
     @classmethod
-    def check_values(cls, params):
-        for key in ("num_beams", "batch_size", "max_length"):
-            if params[key] < 1:
-                raise AugmentError(("params", key), "must be at least 1")
+    def check_values(cls, params, allowed):
+        # Bounds that a GPU worker gets through in reasonable time and memory: Marian models take 512
+        # positions; beams and batches past these only exhaust the accelerator.
+        bounded(params, "num_beams", 1, 16)
+        bounded(params, "batch_size", 1, 256)
+        bounded(params, "max_length", 1, 512)
         if not 0.0 < params["top_p"] <= 1.0:
             raise AugmentError(("params", "top_p"), "must be in (0, 1]")
-        if params["temperature"] <= 0:
-            raise AugmentError(("params", "temperature"), "must be positive")
+        if not 0.0 < params["temperature"] <= 10.0:
+            raise AugmentError(("params", "temperature"), "must be in (0, 10]")
+        if not DEVICE.fullmatch(params["device"]):
+            raise AugmentError(("params", "device"), f"expected '', 'cpu', 'cuda', 'cuda:N' or 'mps', got {params['device']!r}")
         for key in ("forward", "backward"):
             if not params[key].strip():
                 raise AugmentError(("params", key), "must name a model or a directory")
+            if allowed is not None:
+                allowed.model(key, params[key])
 
     def __init__(self, params, pool):
         super().__init__(params, pool)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from active_learning.errors import LocatedError
 from active_learning.spans import Example, Span
@@ -14,6 +16,37 @@ Candidate = tuple[str, list[Span]]  # an augmented text and its spans, before an
 class AugmentError(LocatedError):
     """An unknown method or bad parameters. ``loc`` is the field of the request: ``("method",)``,
     ``("n",)`` or ``("params", name)``; ``reason`` says what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """What an operator lets a request name, where requests come from others (a service): models by
+    id, and local files (model directories, caches) only under ``root``. The library used directly
+    takes ``None``: anything goes."""
+
+    models: Collection[str]
+    root: Path
+
+    def model(self, key: str, value: str) -> None:
+        """``value`` names an allowed model, or a directory under ``root``."""
+        if value in self.models:
+            return
+        if not Path(value).is_absolute():
+            allowed = f"{sorted(self.models)} or a directory under {self.root}"
+            raise AugmentError(("params", key), f"not an allowed model: {value!r}; allowed: {allowed}")
+        self.path(key, value)
+
+    def path(self, key: str, value: str) -> None:
+        """``value`` is an absolute path under ``root`` (links and ``..`` resolved first)."""
+        root = self.root.resolve()
+        if not Path(value).is_absolute() or not Path(value).resolve().is_relative_to(root):
+            raise AugmentError(("params", key), f"must be an absolute path under {root}, got {value!r}")
+
+
+def bounded(params: dict, key: str, low: float, high: float) -> None:
+    """``params[key]`` lies in [low, high]; raise ``AugmentError`` naming it."""
+    if not low <= params[key] <= high:
+        raise AugmentError(("params", key), f"must be between {low:g} and {high:g}, got {params[key]!r}")
 
 
 class Augmenter:
@@ -37,8 +70,9 @@ class Augmenter:
         self.params = params
 
     @classmethod
-    def check(cls, params: dict | None) -> dict:
-        """The defaults overridden by ``params``; raise ``AugmentError`` naming a bad field."""
+    def check(cls, params: dict | None, allowed: Allowed | None = None) -> dict:
+        """The defaults overridden by ``params``; raise ``AugmentError`` naming a bad field. With
+        ``allowed``, models and paths the parameters name must be allowed."""
         params = dict(params or {})
         unknown = sorted(set(params) - set(cls.defaults))
         if unknown:
@@ -51,14 +85,15 @@ class Augmenter:
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
                 raise AugmentError(("params", key), f"expected {expected.__name__}, got {value!r}")
             checked[key] = value
-        if "p" in checked and not 0.0 <= checked["p"] <= 1.0:
-            raise AugmentError(("params", "p"), "must be between 0 and 1")
-        cls.check_values(checked)
+        if "p" in checked:
+            bounded(checked, "p", 0.0, 1.0)
+        cls.check_values(checked, allowed)
         return checked
 
     @classmethod
-    def check_values(cls, params: dict) -> None:
-        """Range checks beyond the types; raise ``AugmentError``."""
+    def check_values(cls, params: dict, allowed: Allowed | None) -> None:
+        """Range checks beyond the types, and the models and paths against ``allowed`` (when given);
+        raise ``AugmentError``."""
 
     def augment(self, examples: Sequence[Example], n: int, rng: random.Random) -> list[list[Candidate]]:
         """Up to ``n`` candidates per example; ``run`` checks, deduplicates and labels them."""

@@ -11,7 +11,7 @@ from active_learning.spans import Example, Span, SpanError, validate
 
 from .augmenters import MentionReplacement, Shuffle, Synonym, TokenReplacement
 from .backtranslation import BackTranslation
-from .base import Augmenter, AugmentError
+from .base import Allowed, Augmenter, AugmentError
 from .tokens import contexts, mention_count
 
 # Method name → augmenter class (its docstring describes it): the CLI's and the API's choices.
@@ -109,13 +109,14 @@ def run(
     return apply(augmenter, sources, n=n, seed=seed, labelled=labelled, on_progress=on_progress)
 
 
-def check(method: str, n: int, params: dict | None) -> dict:
+def check(method: str, n: int, params: dict | None, allowed: Allowed | None = None) -> dict:
     """The method's parameters with defaults filled in; ``AugmentError`` names a bad field. Loads no
-    model, so a service can refuse a bad request before queueing it."""
+    model, so a service can refuse a bad request before queueing it; with ``allowed``, the models and
+    paths it names must be allowed."""
     if method not in AUGMENTERS:
         raise AugmentError(("method",), f"unknown augmentation method {method!r}; known: {sorted(AUGMENTERS)}")
     _check_n(n)
-    return AUGMENTERS[method].check(params)
+    return AUGMENTERS[method].check(params, allowed)
 
 
 def apply(

@@ -41,4 +41,5 @@ class UpstreamError(DomainError):
 
 
 class Unavailable(DomainError):
-    """The broker refused a job's task (the job is recorded as failed)."""
+    """Not possible right now, try again later: the broker refused a job's task (the job is recorded
+    as failed), or the model stayed busy with other predictions."""

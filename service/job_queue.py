@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import func, update
 from sqlmodel import Session, select
@@ -25,7 +26,13 @@ log = logging.getLogger(__name__)
 
 
 class EnqueueError(RuntimeError):
-    """The broker did not take the task; the job is marked failed with the reason."""
+    """The broker did not take the task: the job stays queued, pending (``sent_at`` NULL), and is sent
+    when the broker answers again (the beat's sweep, or the next request of its kind)."""
+
+
+# The key of ``Job.progress`` that keeps a job's task arguments (besides its ids), so that the sweep
+# can send a pending job, or a lost worker's one, again. Kept across attempts (``workers.lifecycle``).
+ARGUMENTS = "arguments"
 
 
 def lock_project(session: Session, project_id: int) -> None:
@@ -40,43 +47,68 @@ def request(
     session: Session, project_id: int, kind: str, *, settings: Settings | None = None, coalesce: bool = True, **task_kwargs
 ) -> Job:
     """A queued job of ``kind`` for the project, its task sent as ``nerloop.<kind>(project_id=...,
-    job_id=..., **task_kwargs)``; with ``coalesce``, a job of that kind already queued is returned instead.
+    job_id=..., **task_kwargs)``; with ``coalesce``, a job of that kind already queued is returned
+    instead (and sent again when it is pending, or looks lost).
 
-    Commits. Raises ``EnqueueError`` (after marking the new job failed) when the broker refuses.
+    Commits. Raises ``EnqueueError`` when the broker does not take the task: the job is stored anyway,
+    pending, so a broker outage leaves one pending job per project and kind, not one per request.
     """
-    name = job_task(kind)
-    arguments = {"project_id": project_id, **task_kwargs}
+    job_task(kind)  # an unknown kind fails before anything is stored
     lock_project(session, project_id)
     if coalesce:
         waiting = session.exec(
             select(Job).where(Job.project_id == project_id, Job.kind == kind, Job.status == JobStatus.queued).order_by(Job.id)
         ).first()
         if waiting is not None:
-            resend = _looks_lost(waiting)
-            if resend:
-                waiting.sent_at = utcnow()
             session.commit()
-            if resend:
+            if waiting.sent_at is None:
+                send(session, waiting, settings)
+            elif _looks_lost(waiting):
                 # No worker has looked at it for a while: its message may be gone (a Redis restarted
                 # without persistence). Sending it again is safe: a second delivery only waits.
                 log.warning("job %s has waited since %s unseen by any worker; sending it again", waiting.id, waiting.created_at)
                 try:
-                    enqueue(name, settings=settings, task_id=waiting.celery_id, job_id=waiting.id, **arguments)
-                except Exception as error:  # the first message may still be there: keep the job queued
-                    log.error("job %s: sending it again failed: %s", waiting.id, error)
+                    send(session, waiting, settings)
+                except EnqueueError:
+                    pass  # the first message may still be there; send() logged why
             return waiting
-    job = Job(project_id=project_id, kind=kind, celery_id=str(uuid.uuid4()))
+    job = Job(project_id=project_id, kind=kind, celery_id=str(uuid.uuid4()), progress={ARGUMENTS: task_kwargs} if task_kwargs else {})
     session.add(job)
     session.commit()
     session.refresh(job)
+    send(session, job, settings)
+    return job
+
+
+def send(session: Session, job: Job, settings: Settings | None = None) -> None:
+    """Send ``job``'s task to the broker and record when (``sent_at``); when the broker does not take
+    it, record why in ``error`` and raise ``EnqueueError``: the job stays queued, pending. Commits."""
+    name = job_task(job.kind)
+    arguments = {"project_id": job.project_id, **job.progress.get(ARGUMENTS, {})}
     try:
         enqueue(name, settings=settings, task_id=job.celery_id, job_id=job.id, **arguments)
-    except Exception as error:  # any broker or connection error: the job must not stay queued
-        mark_failed(job, f"could not enqueue {name}: {type(error).__name__}: {error}")
+    except Exception as error:  # any broker or connection error
+        url = (settings or get_settings()).broker_url
+        job.error = (
+            f"not sent: the broker ({_without_password(url)}) did not take {name} ({type(error).__name__}: {error}); "
+            "the job is kept and sent when the broker answers again (the beat's recovery round, or the next request)"
+        )
         session.add(job)
         session.commit()
+        log.error("job %s: %s", job.id, job.error)
         raise EnqueueError(job.error) from error
-    return job
+    job.sent_at, job.error = utcnow(), None
+    session.add(job)
+    session.commit()
+
+
+def _without_password(url: str) -> str:
+    """``url`` with any password replaced: secrets never reach logs or job rows."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def retrain_if_due(session: Session, project: Project, settings: Settings | None = None) -> Job | None:
@@ -94,12 +126,11 @@ def retrain_if_due(session: Session, project: Project, settings: Settings | None
 def after_annotations_changed(session: Session, project: Project, settings: Settings | None = None) -> Job | None:
     """What follows a change of the project's annotations, wherever it came from (the API, a webhook,
     a pull): commit it, then queue a training when one is due (``retrain_if_due``). A broker that
-    refuses is logged, never raised: the annotations stand, and the beat's sweep asks again."""
+    refuses is logged, never raised: the annotations stand, and the job stays pending for the sweep."""
     session.commit()
     try:
         return retrain_if_due(session, project, settings)
-    except EnqueueError as error:
-        log.error("project %s: training not queued: %s", project.id, error)
+    except EnqueueError:  # the job is stored, pending; send() logged why
         return None
 
 

@@ -14,6 +14,14 @@ Verified against Label Studio 1.23.2 (Community edition) with label-studio-sdk 2
   the incremental pull (``list_annotations_since``).
 - With ``sampling="Uncertainty sampling"``, ``GET /api/projects/{id}/next`` serves the task whose
   prediction at the project's ``model_version`` has the lowest score.
+- A Data Manager view (``/api/dm/views``) keeps its columns and ordering in ``data``: ``ordering``
+  ``["tasks:predictions_score"]`` lists the lowest score first, ``hiddenColumns.explore`` the columns
+  the table hides (everything else shows).
+- ``POST /api/ml`` connects an ML backend only if Label Studio can reach its ``/health`` and ``/setup``
+  there and then (400 otherwise).
+- ``GET /api/projects/{id}/model-versions/`` counts the predictions of each model version, newest
+  first; ``DELETE`` on it with ``{"model_version": ...}`` removes that version's predictions in one
+  query (annotations are untouched: they are another table).
 """
 
 from __future__ import annotations
@@ -40,6 +48,17 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
+UNCERTAIN_FIRST_VIEW = "nerloop: most uncertain first"
+ML_BACKEND_TITLE = "nerloop"
+# Columns the "most uncertain first" view hides: what is left is the id, the text, the score and the
+# model version of the predictions, and who labelled the task.
+HIDDEN_COLUMNS = [
+    f"tasks:{name}"
+    for name in (
+        "inner_id", "cancelled_annotations", "total_predictions", "annotations_results", "annotations_ids", "predictions_results",
+        "file_upload", "storage_filename", "created_at", "updated_at", "updated_by", "avg_lead_time", "draft_exists",
+    )
+]
 WEBHOOK_SECRET_HEADER = "X-Nerloop-Secret"
 WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
 IMPORT_CHUNK = 1000  # tasks or predictions per request: 1000 short texts import in well under a second
@@ -284,6 +303,33 @@ class LabelStudioClient:
         )
         return created
 
+    def update_task_data(self, ls_task_id: int, fields: dict) -> dict:
+        """Set (or, with None, remove) keys of a task's ``data`` and return the new data.
+
+        ``PATCH /api/tasks/{id}`` with ``data`` replaces the whole data object (1.23.2) and touches
+        nothing else of the task: its annotations stay as they are. So the task is read first and
+        its other keys, the text among them, are sent back unchanged.
+        """
+        task = self._call(f"read task {ls_task_id}", lambda: self.sdk.tasks.get(str(ls_task_id)))
+        data = {**(task.data or {}), **fields}
+        data = {key: value for key, value in data.items() if value is not None}
+        self._call(f"update the data of task {ls_task_id}", lambda: self.sdk.tasks.update(str(ls_task_id), data=data))
+        return data
+
+    def replace_predictions(self, ls_task_id: int, model_version: str, prediction: dict | None) -> None:
+        """Delete the task's predictions of ``model_version``, then create ``prediction`` (``{"result":
+        [...], "score": s}``) under it, unless None. Other model versions' predictions stay."""
+        existing = self._call(f"list predictions of task {ls_task_id}", lambda: self.sdk.predictions.list(task=ls_task_id))
+        for old in existing:
+            if old.model_version == model_version:
+                self._call(f"delete prediction {old.id}", partial(self.sdk.predictions.delete, old.id))
+        if prediction is not None:
+            self._call(
+                f"create a {model_version!r} prediction on task {ls_task_id}",
+                partial(self.sdk.predictions.create, task=ls_task_id, model_version=model_version, **prediction),
+                idempotent=False,
+            )
+
     def list_annotations_since(self, ls_id: int, since: datetime | None) -> Iterator[dict]:
         """The annotations of the tasks changed since ``since``: one dict per task with ``id``, ``data``,
         ``updated_at`` and all of its current ``annotations`` (so a deleted one shows as missing).
@@ -329,6 +375,69 @@ class LabelStudioClient:
             if len(tasks) < PAGE_SIZE:
                 return
             page += 1
+
+    def prediction_versions(self, ls_id: int) -> dict[str, int]:
+        """The model versions of the project's predictions with how many each has, newest first."""
+        path = f"api/projects/{ls_id}/model-versions/"
+        return self._call(f"list the model versions of project {ls_id}", partial(self._json, "GET", path))
+
+    def delete_prediction_version(self, ls_id: int, model_version: str) -> int:
+        """Remove every prediction of ``model_version`` in the project (one query); returns how many."""
+        answer = self._call(
+            f"delete the predictions of {model_version!r} in project {ls_id}",
+            partial(self._json, "DELETE", f"api/projects/{ls_id}/model-versions/", json={"model_version": model_version}),
+        )
+        return int(answer.get("deleted_predictions", 0))
+
+    def _json(self, method: str, path: str, **options):
+        """A request the SDK has no method for, through its HTTP client (same auth); errors as ``ApiError``."""
+        response = self.sdk._client_wrapper.httpx_client.request(path, method=method, **options)
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text
+        if response.status_code >= 400:
+            raise ApiError(status_code=response.status_code, headers=dict(response.headers), body=body)
+        return body
+
+    # --- setting a project up for the loop ---------------------------------------------------------
+
+    def ensure_uncertainty_view(self, ls_id: int) -> int:
+        """A Data Manager tab listing the tasks lowest prediction score first, with the score and the
+        model version shown; the existing one of that title is brought up to date, not doubled."""
+        data = {
+            "title": UNCERTAIN_FIRST_VIEW,
+            "ordering": ["tasks:predictions_score"],
+            "hiddenColumns": {"explore": HIDDEN_COLUMNS, "labeling": [*HIDDEN_COLUMNS, "tasks:annotators", "tasks:completed_at"]},
+            "filters": {"conjunction": "and", "items": []},
+            "type": "list",
+            "target": "tasks",
+        }
+        views = self._call(f"list the views of project {ls_id}", partial(self._json, "GET", "api/dm/views/", params={"project": ls_id}))
+        for view in views:
+            if (view.get("data") or {}).get("title") == UNCERTAIN_FIRST_VIEW:
+                update = partial(self._json, "PATCH", f"api/dm/views/{view['id']}/", json={"project": ls_id, "data": data})
+                self._call(f"update view {view['id']}", update)
+                return view["id"]
+        view = self._call(
+            f"create the view {UNCERTAIN_FIRST_VIEW!r} in project {ls_id}",
+            partial(self._json, "POST", "api/dm/views/", json={"project": ls_id, "data": data}),
+        )
+        return view["id"]
+
+    def connect_ml_backend(self, ls_id: int, url: str, basic_auth: tuple[str, str] | None = None) -> int:
+        """Connect the ML backend at ``url`` to the project, as Settings → Model → Connect Model does
+        (Label Studio checks there and then that it answers); one already connected at ``url`` is kept."""
+        for backend in self._call(f"list the ML backends of project {ls_id}", lambda: self.sdk.ml.list(project=ls_id)):
+            if (backend.url or "").rstrip("/") == url.rstrip("/"):
+                return backend.id
+        auth = dict(auth_method="BASIC_AUTH", basic_auth_user=basic_auth[0], basic_auth_pass=basic_auth[1]) if basic_auth else {}
+        backend = self._call(
+            f"connect the ML backend {url} to project {ls_id}",
+            partial(self.sdk.ml.create, url=url, project=ls_id, title=ML_BACKEND_TITLE, is_interactive=False, **auth),
+            idempotent=False,
+        )
+        return backend.id
 
     # --- webhooks ----------------------------------------------------------------------------------
 

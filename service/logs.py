@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import datetime, timezone
-from typing import Iterator
+from datetime import UTC, datetime
+from types import MappingProxyType
 
-_fields: ContextVar[dict] = ContextVar("nerloop_log_fields", default={})
+# An immutable default: bind() always sets a new dict, so nothing can mutate the shared one.
+_fields: ContextVar[Mapping] = ContextVar("nerloop_log_fields", default=MappingProxyType({}))
 
 
 @contextmanager
@@ -47,10 +50,31 @@ class ContextFilter(logging.Filter):
         return True
 
 
+# A query parameter that carries a credential (?token=…, &api_key=…, ?secret=…): uvicorn's access
+# log writes each request's full path, and a client may well put its token there.
+_SECRET_PARAMETER = re.compile(r"([?&][^=&\s]*(?:token|secret|password|passwd|api_?key|auth)[^=&\s]*=)[^&\s#]*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with the values of credential-like query parameters replaced by ``***``."""
+    return _SECRET_PARAMETER.sub(r"\1***", text)
+
+
+class RedactSecrets(logging.Filter):
+    """Redacts credential-like query parameters in a record's message and arguments (access logs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(arg) if isinstance(arg, str) else arg for arg in record.args)
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         document = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -75,8 +99,9 @@ def formatter(kind: str) -> logging.Formatter:
 def install(handler: logging.Handler, kind: str) -> None:
     """Give ``handler`` the format ``kind`` and the bound fields."""
     handler.setFormatter(formatter(kind))
-    if not any(isinstance(f, ContextFilter) for f in handler.filters):
-        handler.addFilter(ContextFilter())
+    for kind_of_filter in (ContextFilter, RedactSecrets):
+        if not any(isinstance(f, kind_of_filter) for f in handler.filters):
+            handler.addFilter(kind_of_filter())
 
 
 def configure(kind: str, level: str = "INFO") -> None:

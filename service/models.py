@@ -48,6 +48,10 @@ class ProjectBase(SQLModel):
     retrain_every: int = 20  # new accepted annotations that trigger a retraining
     augment: bool = False
     augment_ratio: float = 0.5  # augmented examples per real one, at most
+    # Self-training (``active_learning.recipe.SelfTraining``): off until a benchmark shows it wins.
+    self_training: bool = False
+    self_training_threshold: float = 0.99  # task confidence a pool text needs for its pseudo-label
+    self_training_weight: float = 0.5  # loss weight of a pseudo-labelled text
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -158,4 +162,48 @@ class AugmentedExample(SQLModel, table=True):
     seed: int = 0
     text: str = Field(sa_column=Column(Text, nullable=False))
     spans: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class SuspectStatus(str, Enum):
+    open = "open"  # waiting for a reviewer
+    fixed = "fixed"  # the annotation changed since (the verdict is stale)
+    confirmed = "confirmed"  # a reviewer kept the annotation as it was
+
+
+class Suspect(SQLModel, table=True):
+    """A task a review job found probably mislabelled (``service.operations.review``)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(foreign_key="project.id", index=True)
+    task_id: int = Field(foreign_key="task.id", index=True)
+    annotation_id: int | None = Field(default=None, foreign_key="annotation.id")  # the accepted annotation judged
+    annotation_updated_at: datetime | None = None  # its updated_at then: a later save unchanged is a confirmation
+    job_id: int | None = Field(default=None, foreign_key="job.id")  # the review job that produced it
+    producer: str  # how: e.g. "cross-fit k=4"
+    base_model: str  # what the fold models were trained from (never the active version)
+    model_version: str | None = None  # the active version when it ran (after whose promotion)
+    fingerprint: str = Field(max_length=64)  # ``label_quality.annotation_fingerprint`` of the annotation judged
+    score: float = Field(index=True)  # cleanlab's example quality score: lower = more likely wrong
+    kinds: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    issues: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # ``Assessment.as_dict()["issues"]``
+    suggested: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # [start, end, label, score]
+    status: SuspectStatus = SuspectStatus.open
+    stale: bool = False  # the annotation is no longer the one judged
+    shown: bool = False  # its prediction and task fields are in Label Studio (cleared once it is resolved)
+    created_at: datetime = Field(default_factory=utcnow)
+    resolved_at: datetime | None = None
+
+
+class ReviewConfirmation(SQLModel, table=True):
+    """A reviewer kept an annotation against one flagged reason: never flagged again for it."""
+
+    __tablename__ = "review_confirmation"
+    __table_args__ = (UniqueConstraint("task_id", "reason"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="task.id", index=True)
+    reason: str  # ``SpanIssue.reason``, e.g. "wrong_type@0:5:ORG"
+    fingerprint: str = Field(max_length=64)  # the annotation confirmed
+    annotator: str = ""
     created_at: datetime = Field(default_factory=utcnow)

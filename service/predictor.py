@@ -6,6 +6,11 @@ scoring), so a request costs one small query plus inference; a new tagger is loa
 different version becomes active (promotion, rollback), and the least recently used one is dropped.
 Training never uses the cache: it changes its model in place.
 
+The forward pass runs in ONNX Runtime (the version's int8 model) when ``NERLOOP_INFERENCE`` and the
+version's recorded check allow it (``active_learning.onnx_tagger.use_onnx``), in PyTorch otherwise;
+MC-dropout passes (BALD) always run in PyTorch, the deterministic pass of those requests too, so both
+come from one model.
+
 Task confidence is the geometric mean over the text's words of the probability of each word's most
 likely tag: ``exp(mean_i log max_y p(y_i))``. It lies in (0, 1]; lower means more uncertain; unlike
 the plain product it does not favour long texts. A text without words scores 1.0.
@@ -17,19 +22,33 @@ first) serves tasks in the strategy's order. Under MNLP, the default, it is the 
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
 
 from sqlmodel import Session
 
+from active_learning.onnx_tagger import INT8_FILE, OnnxLogits, use_onnx
 from active_learning.strategies import MNLP, make_strategy
 from active_learning.tagger import TaggedText, Tagger
 
 from .db import get_engine
+from .errors import Unavailable
+from .settings import get_settings
 from .versions import active_version
+
+# A request's texts are predicted in batches of about this many characters, taking the model's lock
+# per batch, so a small request waits for one batch of a large one, not for all of it.
+BATCH_CHARACTERS = 10_000
+MODEL_WAIT_SECONDS = 30.0  # longer than that behind other requests: 503, and the client retries
+
+
+log = logging.getLogger(__name__)
 
 
 class ModelLoadError(RuntimeError):
@@ -61,28 +80,68 @@ class ActiveModel:
     name: str
     tagger: Tagger
     lock: threading.Lock
+    onnx: OnnxLogits | None = None  # the int8 model's session, when this version serves with it
 
     def predict(self, texts: Sequence[str], mc_samples: int = 0) -> list[TaggedText]:
-        with self.lock:  # one inference at a time per model: it uses every core anyway
-            return self.tagger.predict(list(texts), mc_samples=mc_samples)
+        """Predictions for ``texts``, one inference at a time per model (it uses every core anyway);
+        ``Unavailable`` when the model stays busy with others' batches for ``MODEL_WAIT_SECONDS``."""
+        out: list[TaggedText] = []
+        for batch in character_batches(texts, BATCH_CHARACTERS):
+            if not self.lock.acquire(timeout=MODEL_WAIT_SECONDS):
+                raise Unavailable.one((), f"the model is busy with other predictions for over {MODEL_WAIT_SECONDS:.0f} s; retry shortly")
+            try:
+                out.extend(self.tagger.predict(batch, mc_samples=mc_samples, logits=forward_pass(self.onnx, mc_samples)))
+            finally:
+                self.lock.release()
+        return out
+
+
+def character_batches(texts: Sequence[str], limit: int) -> list[list[str]]:
+    """``texts`` in order, cut into batches of at most ``limit`` characters (a longer text alone)."""
+    batches: list[list[str]] = []
+    size = limit  # start a new batch with the first text
+    for text in texts:
+        if size + len(text) > limit:
+            batches.append([])
+            size = 0
+        batches[-1].append(text)
+        size += len(text)
+    return batches
+
+
+def forward_pass(onnx: OnnxLogits | None, mc_samples: int) -> OnnxLogits | None:
+    """The ``logits`` to give ``Tagger.predict``: the ONNX session, except under MC dropout (PyTorch)."""
+    return onnx if onnx is not None and not mc_samples else None
+
+
+class LoadedModel(NamedTuple):
+    tagger: Tagger
+    lock: threading.Lock
+    onnx: OnnxLogits | None  # set when the version serves with its int8 model
 
 
 class TaggerCache:
     """Loaded taggers by model directory, least recently used dropped first; each with a lock, since
-    one inference at a time per model is as fast as it gets (it uses every core anyway)."""
+    one inference at a time per model is as fast as it gets (it uses every core anyway), and with its
+    int8 ONNX session when ``NERLOOP_INFERENCE`` (``inference``) and the version's check allow."""
 
-    def __init__(self, max_cached: int = 2):
+    def __init__(self, max_cached: int = 2, inference: str | None = None):
         self.max_cached = max_cached
-        self._taggers: OrderedDict[str, tuple[Tagger, threading.Lock]] = OrderedDict()
+        self.inference = inference
+        self._taggers: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loading = threading.Lock()
 
-    def get(self, path: str) -> tuple[Tagger, threading.Lock]:
+    def get(self, path: str) -> LoadedModel:
         with self._loading:
             if path in self._taggers:
                 self._taggers.move_to_end(path)
                 return self._taggers[path]
             try:
-                entry = (Tagger.load(path), threading.Lock())
+                tagger = Tagger.load(path)
+                inference = self.inference or get_settings().inference
+                onnx = OnnxLogits(Path(path) / INT8_FILE) if use_onnx(inference, tagger.device, path) else None
+                entry = LoadedModel(tagger, threading.Lock(), onnx)
+                log.info("loaded %s: forward pass in %s", path, "ONNX Runtime (int8)" if onnx else "PyTorch")
             except (OSError, ValueError) as error:
                 raise ModelLoadError(f"cannot load the model at {path!r}: {error}") from error
             self._taggers[path] = entry
@@ -96,9 +155,9 @@ _cache = TaggerCache()
 
 def predict_with(path: str, texts: Sequence[str], mc_samples: int = 0) -> list[TaggedText]:
     """Predictions of the saved model at ``path``, loaded through this process's cache."""
-    tagger, lock = _cache.get(path)
+    tagger, lock, onnx = _cache.get(path)
     with lock:
-        return tagger.predict(list(texts), mc_samples=mc_samples)
+        return tagger.predict(list(texts), mc_samples=mc_samples, logits=forward_pass(onnx, mc_samples))
 
 
 class Predictor:
@@ -115,5 +174,5 @@ class Predictor:
             if version is None:
                 return None
             version_id, name, path = version.id, version.name, version.path
-        tagger, lock = self.cache.get(path)
-        return ActiveModel(version_id, name, tagger, lock)
+        tagger, lock, onnx = self.cache.get(path)
+        return ActiveModel(version_id, name, tagger, lock, onnx)

@@ -59,11 +59,13 @@ def _summary(job: Job) -> str:
 
 
 def _training_outcome(progress: dict) -> str:
-    """What a finished training made of its version (``workers.retrain`` writes these fields)."""
+    """What a finished training made of its version, and the stopping signal after it (``workers.retrain``
+    writes these fields)."""
     version, f1, active_f1 = progress["version"], progress.get("dev_f1"), progress.get("active_dev_f1")
     score = f", dev F1 {f1:.3f}" if f1 is not None else ", no dev set to score it on"
+    stopping = f" · {progress['stopping']}" if progress.get("stopping") else ""
     if not progress.get("promoted"):
-        return f"{version} kept as candidate: {progress.get('decision', '')}"
+        return f"{version} kept as candidate: {progress.get('decision', '')}{stopping}"
     if active_f1 is None:  # a promotion without comparison happens only when nothing was active
-        return f"{version} promoted (no version was active){score}"
-    return f"{version} promoted{score} (the active version had {active_f1:.3f})"
+        return f"{version} promoted (no version was active){score}{stopping}"
+    return f"{version} promoted{score} (the active version had {active_f1:.3f}){stopping}"

@@ -15,26 +15,35 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
+from active_learning.spans import SpanError, storable_string, validate_meta
 from active_learning.strategies import STRATEGIES
 from augment import AUGMENTERS
 
-from .models import AnnotationBase, JobBase, JobStatus, ModelStatus, ModelVersionBase, ModelVersionSummary, ProjectBase
+from .models import AnnotationBase, JobBase, JobStatus, ModelStatus, ModelVersionBase, ModelVersionSummary, ProjectBase, SuspectStatus
 
 MAX_ID = 2**63 - 1  # the database's integer range; larger ids could never exist
 MAX_TEXT = 100_000  # characters per text
-MAX_TASKS = 10_000  # per import request
-MAX_TEXTS = 256  # per prediction request
+# What one request may ask for: each is validated and stored (or predicted) within a few seconds.
+MAX_TASKS = 1_000  # per import request
+MAX_SPANS = 1_000  # per task or annotation
+MAX_TEXTS = 64  # per prediction request
+MAX_PREDICT_CHARACTERS = 100_000  # all texts of one prediction request together
+MAX_ML_TASKS = 100  # per /ml/predict request; Label Studio asks for one task, or a page of them
 
 
 def _storable(value: str) -> str:
     """Reject what no database can store: NUL characters and lone UTF-16 surrogates."""
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    problem = storable_string(value)
+    if problem:
+        raise ValueError(problem)
     return value
+
+
+def _storable_meta(value: dict) -> dict:
+    try:
+        return validate_meta(value)
+    except SpanError as error:
+        raise ValueError(str(error)) from None
 
 
 def _not_blank(value: str) -> str:
@@ -110,6 +119,9 @@ class ProjectUpdate(Strict):
     retrain_every: int | None = Field(None, ge=1, le=1_000_000, description="Retrain after this many newly labelled tasks")
     augment: bool | None = Field(None, description="Train on augmented examples too")
     augment_ratio: float | None = Field(None, ge=0, le=20, description="At most this many augmented examples per labelled one")
+    self_training: bool | None = Field(None, description="Train on the active model's confident pseudo-labels of pool texts too")
+    self_training_threshold: float | None = Field(None, gt=0, le=1, description="Task confidence a pool text needs for its pseudo-label")
+    self_training_weight: float | None = Field(None, gt=0, le=1, description="Loss weight of a pseudo-labelled text")
 
 
 class AugmentRequest(Strict):
@@ -163,8 +175,10 @@ class SpanIn(Strict):
 
 class TaskIn(Strict):
     text: Text
-    spans: list[SpanIn] = Field(default_factory=list, max_length=10_000, description="Pre-labelled entities, if any")
-    meta: dict[str, Any] = Field(default_factory=dict, description="Kept with the task (ids, source)")
+    spans: list[SpanIn] = Field(default_factory=list, max_length=MAX_SPANS, description="Pre-labelled entities, if any")
+    meta: Annotated[dict[str, Any], AfterValidator(_storable_meta)] = Field(
+        default_factory=dict, description="Kept with the task (ids, source): a JSON object, at most 20 levels deep and 100,000 characters"
+    )
 
 
 class TasksImport(Strict):
@@ -172,7 +186,7 @@ class TasksImport(Strict):
 
 
 class AnnotationIn(Strict):
-    spans: list[SpanIn] = Field(default_factory=list, max_length=10_000, description="The entities; empty: the text has none")
+    spans: list[SpanIn] = Field(default_factory=list, max_length=MAX_SPANS, description="The entities; empty: the text has none")
     annotator: Annotated[str, StringConstraints(max_length=200), AfterValidator(_storable)] = ""
 
 
@@ -196,8 +210,16 @@ class ModelVersionRead(ModelVersionBase):
     id: int
 
 
+def _within_prediction_budget(texts: list[str]) -> list[str]:
+    if sum(map(len, texts)) > MAX_PREDICT_CHARACTERS:
+        raise ValueError(f"more than {MAX_PREDICT_CHARACTERS} characters in all; send fewer or shorter texts per request")
+    return texts
+
+
 class PredictRequest(Strict):
-    texts: list[Text] = Field(min_length=1, max_length=MAX_TEXTS)
+    texts: Annotated[list[Text], Field(min_length=1, max_length=MAX_TEXTS), AfterValidator(_within_prediction_budget)] = Field(
+        description=f"At most {MAX_PREDICT_CHARACTERS} characters in all"
+    )
 
 
 class EntityOut(BaseModel):
@@ -227,6 +249,57 @@ class PredictResponse(BaseModel):
     predictions: list[TextPrediction]
 
 
+# ---- label review (``operations.review``) ----------------------------------------------------------
+
+
+class SuspectRead(BaseModel):
+    """A task a review job found probably mislabelled."""
+
+    id: int
+    task_id: int
+    ls_task_id: int | None
+    text: str
+    score: float = Field(description="cleanlab's quality score of the annotation, 0..1: lower = more likely wrong")
+    kinds: list[str] = Field(description="missed_entity, spurious_entity, wrong_type, wrong_boundary")
+    issues: list[dict[str, Any]] = Field(
+        description="Each issue: kind, reason, annotated and suggested span [start, end, label(, score)], quality"
+    )
+    suggested: list[list[Any]] = Field(description="The held-out model's spans [start, end, label, score]")
+    status: SuspectStatus
+    stale: bool = Field(description="The annotation changed since it was judged")
+    job_id: int | None
+    producer: str
+    base_model: str
+    model_version: str | None = Field(description="The active version when the review ran (its folds never start from it)")
+    created_at: datetime
+    resolved_at: datetime | None
+
+
+class ReviewPage(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    items: list[SuspectRead] = Field(description="Lowest score first")
+
+
+class ReviewSummary(BaseModel):
+    by_status: dict[SuspectStatus, int]
+    by_kind: dict[str, int] = Field(description="Issues of open suspects per kind")
+    by_label: dict[str, int] = Field(description="Issues of open suspects per label (of the annotated span, else the suggested one)")
+    confirmations: int = Field(description="(task, reason) pairs reviewers confirmed: not flagged again")
+    last_job_id: int | None
+
+
+class AgreementSummary(BaseModel):
+    """Span agreement between annotators, over the tasks more than one person annotated."""
+
+    tasks: int
+    f1: dict[str, float | None] = Field(description="Micro entity F1 over all pairs, by match mode (exact, overlap)")
+    per_label: dict[str, dict[str, float | None]] = Field(description="label -> mode -> F1")
+    pairs: list[dict[str, Any]] = Field(description="Per annotator pair: tasks, and per mode the F1 and per-label counts")
+    disagreeing_tasks: list[dict[str, Any]] = Field(description="Review candidates: task_id, annotators, disagreement (1 - mean exact F1)")
+
+
 # ---- report ---------------------------------------------------------------------------------------
 
 
@@ -241,12 +314,30 @@ class ReportModel(ModelVersionSummary):
     """A model version as the project report lists it."""
 
 
+class StoppingSignal(BaseModel):
+    """Whether more labels still pay, after the newest trained version (``active_learning.stopping``):
+    Cohen's kappa between its and the then active version's tags on a fixed stop set, stable for
+    ``window`` versions in a row at ``threshold`` or more, and the dev-F1 slope per 1,000 labelled tokens."""
+
+    version: str
+    verdict: Literal["you can stop", "keep going"]
+    kappa: float | None = Field(description="Against the active version when it was trained; null for a first version")
+    stable_versions: int
+    threshold: float
+    window: int
+    f1_slope_per_1k_tokens: float | None
+    stop_set_size: int
+    advice: str
+
+
 class ProjectReport(BaseModel):
     project: ProjectRead
     tasks: TaskCounts
     labels: dict[str, int] = Field(description="Entities per type in accepted annotations")
     active_model: str | None
     model_versions: list[ReportModel]
+    agreement: AgreementSummary
+    stopping: StoppingSignal | None = Field(description="After the newest version; null before the first training that computed it")
 
 
 class Health(BaseModel):
@@ -277,6 +368,7 @@ class VersionSummary(BaseModel):
     dev_f1: float | None
     per_type: dict[str, TypeScores] = Field(description="Dev precision, recall, F1 and support per entity type")
     decision: str | None = Field(description="Why the training promoted it or not")
+    serving: str | None = Field(description="Its forward pass: ONNX Runtime int8 if its dev-set check passed, else PyTorch; and why")
     created_at: datetime
 
 
@@ -321,6 +413,9 @@ class Dashboard(BaseModel):
     model_versions: list[VersionSummary]
     jobs: list[JobSummary] = Field(description=f"The {RECENT_JOBS} newest jobs")
     job_counts: JobCounts
+    review: ReviewSummary
+    agreement: AgreementSummary
+    stopping: StoppingSignal | None
 
 
 # ---- webhooks -------------------------------------------------------------------------------------
@@ -331,17 +426,46 @@ class WebhookProject(BaseModel):
     id: Id
 
 
+class WebhookTask(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: Id
+    data: dict[str, Any] | None = Field(None, description="The task's data; its text is needed for a task nerloop does not have yet")
+
+
+class WebhookAnnotation(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: Id
+    updated_at: Annotated[str, StringConstraints(max_length=100)] | None = Field(
+        None, description="ISO 8601, as Label Studio writes it; required by annotation events"
+    )
+    result: list[dict[str, Any]] | None = Field(None, max_length=MAX_SPANS, description="Label Studio regions; none: no entities")
+
+
+class WebhookAnnotationId(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: Id
+
+
 class LabelStudioEvent(BaseModel):
-    """A Label Studio webhook: ``action`` plus the objects it concerns (annotation, task, project)."""
+    """A Label Studio webhook: ``action`` plus the objects it concerns (annotation, task, project).
+    Annotation events need ``task`` and ``annotation`` (Label Studio's "send payload"); deletions
+    need ``annotations``. Other actions are accepted and ignored."""
 
     model_config = ConfigDict(extra="allow")
     action: Annotated[str, StringConstraints(min_length=1, max_length=100)]
     project: WebhookProject | None = None
+    task: WebhookTask | None = None
+    annotation: WebhookAnnotation | None = None
+    annotations: list[WebhookAnnotationId] | None = Field(None, max_length=MAX_TASKS)
 
 
 class WebhookAccepted(BaseModel):
     status: str
     action: str
+
+
+class MLWebhookAnswer(WebhookAccepted):
+    job: str | None = Field(None, description="START_TRAINING: the training job's id, which Label Studio records as its training job")
 
 
 # ---- Label Studio ML backend ----------------------------------------------------------------------
@@ -367,7 +491,9 @@ class MLSetupResponse(BaseModel):
 
 class MLPredictRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
-    tasks: list[dict[str, Any]] = Field(max_length=MAX_TASKS)
+    tasks: list[dict[str, Any]] = Field(
+        max_length=MAX_ML_TASKS, description=f"At most {MAX_PREDICT_CHARACTERS} characters of text in all"
+    )
     project: ProjectReference = None
     label_config: str | None = None
     params: dict[str, Any] | None = None

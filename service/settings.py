@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,15 +31,27 @@ class Settings(BaseSettings):
     result_backend: str = ""  # default: db+sqlite:///<home>/results.db
     dev_share: float = 0.2  # hash-chosen share of labelled tasks kept as the dev set
     log_format: Literal["text", "json"] = "text"  # json: one object per line, with project_id and job_id
+    # Request bodies larger than this are refused (413) before they are read: FastAPI parses a JSON
+    # body on the event loop, and 2 MiB of spans take about half a second. Task file uploads, read in
+    # a worker thread, may be as large as service.operations.tasks.MAX_UPLOAD_BYTES.
+    max_request_bytes: int = Field(2 * 1024 * 1024, ge=1024)
 
     # ---- workers ----
     # TrainConfig fields for every training, as JSON: NERLOOP_TRAIN_CONFIG='{"epochs": 5}'. A
     # ``config`` keyword given to the ``nerloop.train`` task overrides it again, field by field.
     train_config: dict[str, Any] = {}
+    # Queue a label review (``nerloop.review``: k fold trainings from the base model) after each promotion.
+    review_after_training: bool = True
     score_shard_size: int = 256  # pool tasks per scoring shard
+    # Model versions whose predictions stay in Label Studio after a push: 1 keeps the new version's
+    # only; 2 also the one before (its column shows both). Annotations are never touched.
+    keep_prediction_versions: int = Field(1, ge=1)
     # PyTorch threads per worker process; 0: the machine's cores divided by the worker's concurrency
     # (on a CPU, processes scale better than threads: two 1-thread processes beat one 2-thread one).
     torch_threads: int = 0
+    # The forward pass of serving and pool scoring: torch, onnx (a version's int8 model, when its dev-set
+    # check passed) or auto (onnx on a CPU, torch on CUDA). Training and MC dropout are always PyTorch.
+    inference: Literal["auto", "torch", "onnx"] = "auto"
     # A running job writes its progress, and so proves it is alive, every heartbeat; one silent for
     # job_stale_seconds (or whose process is gone, on the same host) is taken over.
     job_heartbeat_seconds: float = 5.0
@@ -47,17 +59,29 @@ class Settings(BaseSettings):
     job_max_attempts: int = 3  # a job whose worker is lost this many times is marked failed
     sweep_seconds: float = 300.0  # the beat's period: pull what webhooks missed, retrain where due
     job_wait_seconds: float = 30.0  # retry delay of a training that waits for the project's running one
+    # Redis delivers a task again when it is unacknowledged this long: above the longest training (a
+    # redelivery while the job still runs only waits). A lost worker's job is re-queued sooner, by the
+    # sweep. An explicit "visibility_timeout" in broker_transport_options wins.
+    broker_visibility_timeout: float = 43200.0
+    # How long a request waits for the broker to take a task (connect + one quick retry): when the
+    # broker is down, the API still answers at once, and the job stays pending for the sweep to send.
+    enqueue_timeout_seconds: float = 0.5
+    # Back-translation may name only these Hugging Face models, or local directories under
+    # augment_local_root (default <home>/augment), where a WordNet cache may lie too.
+    translation_models: list[str] = ["Helsinki-NLP/opus-mt-en-de", "Helsinki-NLP/opus-mt-de-en"]
+    augment_local_root: str = ""
     # Passed to kombu, e.g. {"visibility_timeout": 43200} for Redis (a task unacknowledged that long is
     # delivered again) or {"global_keyprefix": "staging:"} to share one Redis between deployments.
     broker_transport_options: dict[str, Any] = {}
     result_backend_transport_options: dict[str, Any] = {}  # e.g. {"global_keyprefix": "staging:"} on Redis
 
     @model_validator(mode="after")
-    def _fill_defaults(self) -> "Settings":
+    def _fill_defaults(self) -> Settings:
         self.home = home = self.home.resolve()  # later chdirs must not move the store
         self.database_url = self.database_url or f"sqlite:///{home / 'nerloop.db'}"
         self.broker_url = self.broker_url or f"sqla+sqlite:///{home / 'broker.db'}"
         self.result_backend = self.result_backend or f"db+sqlite:///{home / 'results.db'}"
+        self.augment_local_root = self.augment_local_root or str(home / "augment")
         return self
 
     @property

@@ -15,18 +15,19 @@ Label Studio's webhook payloads (1.23.2, captured in tests/test_sync.py):
 
 from __future__ import annotations
 
-import hashlib
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 from sqlmodel import Session, select
 
 from active_learning.corpus import accepted_annotation, spans_from_results
-from active_learning.spans import Example, SpanError, validate
+from active_learning.recipe import content_hash, is_dev  # the dev split rule lives in the ML core: the simulation uses it too
+from active_learning.spans import Example, SpanError, storable_string, validate, validate_meta
 
 from .label_studio import LabelStudioClient, parse_ls_datetime
 from .models import Annotation, Project, Task, TaskState, utcnow
+from .operations import review
 from .settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -43,15 +44,6 @@ class SyncError(ValueError):
 class ImportResult:
     created: list[Task] = field(default_factory=list)
     duplicates: int = 0  # examples whose text the project (or an earlier example of the batch) already had
-
-
-def content_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def is_dev(content_hash: str, share: float) -> bool:
-    """Whether a text belongs to the dev set: a fixed function of its hash, so it never moves."""
-    return int(content_hash[:15], 16) / 16**15 < share
 
 
 # --- import --------------------------------------------------------------------------------------
@@ -72,7 +64,7 @@ def import_examples(
     client is given, are created there in bulk, with their Label Studio ids stored. Labelled ones
     stay here: annotators should not be served what is already labelled.
 
-    All spans are checked against the project's labels before anything is written (``SpanError``).
+    All spans (against the project's labels) and metas (``validate_meta``) are checked before anything is written (``SpanError``).
     """
     share = get_settings().dev_share if dev_share is None else dev_share
     fresh: dict[str, tuple[Example, list]] = {}
@@ -84,6 +76,7 @@ def import_examples(
             continue
         try:
             spans = validate(example.text, example.spans, project.labels)
+            validate_meta(example.meta)
         except SpanError as error:
             raise SpanError(("examples", i), str(error)) from None
         fresh[digest] = (example, spans)
@@ -217,6 +210,7 @@ def _settle(session: Session, task: Task) -> None:
     task.state = TaskState.labelled if winner is not None else TaskState.pool
     session.add(task)
     session.flush()
+    review.settle_suspects(session, task)  # a reviewer's fix or confirmation of a suspect arrives here
 
 
 def delete_annotations(session: Session, project: Project, ls_annotation_ids: Iterable[int]) -> int:
@@ -248,6 +242,9 @@ def _task_for(session: Session, project: Project, ls_task: Mapping) -> Task:
     text = (ls_task.get("data") or {}).get(project.text_key)
     if not isinstance(text, str) or not text.strip():
         raise SyncError(f"Label Studio task {ls_id} has no text in data.{project.text_key}")
+    problem = storable_string(text)
+    if problem:
+        raise SyncError(f"Label Studio task {ls_id}: data.{project.text_key} {problem}")
     digest = content_hash(text)
     task = session.exec(select(Task).where(Task.project_id == project.id, Task.content_hash == digest)).first()
     if task is None:

@@ -87,13 +87,14 @@ def answers(url: str) -> bool:
 
 
 @contextmanager
-def nerloop_serve(env: dict, log: Path, timeout: float = 90) -> Iterator[str]:
-    """`nerloop serve` on a free loopback port with ``env``, logging to ``log``; yields its base URL
-    once it answers, and stops it at the end."""
-    port = free_port()
+def nerloop_serve(env: dict, log: Path, timeout: float = 90, insecure: bool = False, port: int | None = None) -> Iterator[str]:
+    """`nerloop serve` on ``port`` (default: a free one) on loopback with ``env``, logging to ``log``;
+    yields its base URL once it answers, and stops it at the end. ``insecure``: without the secrets it
+    otherwise refuses to start without (``--insecure``)."""
+    port = port or free_port()
     base = f"http://127.0.0.1:{port}"
     with log.open("w") as output:
-        command = [*NERLOOP, "serve", "--host", "127.0.0.1", "--port", str(port)]
+        command = [*NERLOOP, "serve", "--host", "127.0.0.1", "--port", str(port), *(["--insecure"] if insecure else [])]
         server = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
         try:
             wait_until(lambda: server.poll() is not None or answers(f"{base}/api/v1/health"), timeout, 0.3, "nerloop serve to answer")
@@ -148,6 +149,20 @@ def add_project(client, **columns):
         session.commit()
         session.refresh(project)
         return project
+
+
+def add_labelled_task(client, project_id: int, text: str = "Alice flew to Paris", is_dev: bool = False) -> int:
+    """A labelled task (its annotation left out): what a training request needs to be taken."""
+    import hashlib
+
+    from service.models import Task, TaskState
+
+    with Session(client.app.state.engine) as session:
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        task = Task(project_id=project_id, text=text, content_hash=digest, state=TaskState.labelled, is_dev=is_dev)
+        session.add(task)
+        session.commit()
+        return task.id
 
 
 def add_version(client, project_id: int, name: str, path: Path | str, status=None, dev_f1=None) -> int:

@@ -19,7 +19,7 @@ from service.api import create_app
 from service.api.deps import get_label_studio
 from service.label_studio import LabelStudioClient
 from service.models import Annotation, Job, ModelStatus, ModelVersion, Prediction, Project, Task, TaskState
-from support import add_project, add_version, free_port, make_client, make_settings, snapshot
+from support import add_labelled_task, add_project, add_version, free_port, make_client, make_settings, snapshot
 from tiny import toy_corpus
 
 API = "/api/v1"
@@ -303,6 +303,24 @@ def test_report_counts_labels_tasks_and_versions(client, trained_model):
     assert report["labels"] == {"LOC": 2, "PER": 3}
     assert report["active_model"] == "v2"
     assert [(v["name"], v["status"], v["dev_f1"]) for v in report["model_versions"]] == [("v1", "retired", 0.5), ("v2", "active", 0.75)]
+    assert report["stopping"] is None  # no training has computed the stopping signal
+
+
+def test_report_shows_the_stopping_signal_of_the_newest_version_that_has_one(client, trained_model):
+    from active_learning.stopping import stop_signal
+
+    project = add_project(client)
+    add_version(client, project.id, "v1", trained_model, status=ModelStatus.active, dev_f1=0.74)
+    add_version(client, project.id, "v2", trained_model, dev_f1=0.75)
+    signal = stop_signal([None, 0.995, 0.996, 0.999], [1000, 2000, 3000, 4000], [0.4, 0.5, 0.74, 0.75])
+    with Session(client.app.state.engine) as session:
+        version = session.exec(select(ModelVersion).where(ModelVersion.project_id == project.id, ModelVersion.name == "v1")).one()
+        version.metrics = {"stopping": {**signal.as_dict(), "stop_set_size": 40, "advice": signal.advice}}
+        session.add(version)
+        session.commit()
+    stopping = client.get(f"{API}/projects/{project.id}/report").json()["stopping"]
+    assert (stopping["version"], stopping["verdict"], stopping["kappa"], stopping["stable_versions"]) == ("v1", "you can stop", 0.999, 3)
+    assert stopping["stop_set_size"] == 40 and stopping["advice"].startswith("you can stop: kappa 0.9990")
 
 
 # ---- Label Studio webhook into our API ------------------------------------------------------------
@@ -313,7 +331,8 @@ def test_label_studio_webhook_checks_the_secret_and_works_after_answering(tmp_pa
     monkeypatch.setattr(sync, "handle_webhook", lambda session, project, payload: seen.append((project.id, payload["action"])) or {})
     with make_client(tmp_path, webhook_secret="hush", api_token="s3cret") as client:
         project = add_project(client, ls_project_id=5)
-        event = {"action": "ANNOTATION_CREATED", "project": {"id": 5}, "annotation": {"id": 1, "result": []}, "task": {"id": 9}}
+        annotation = {"id": 1, "result": [], "updated_at": "2026-01-01T00:00:00Z"}  # what processing needs (test_hardening)
+        event = {"action": "ANNOTATION_CREATED", "project": {"id": 5}, "annotation": annotation, "task": {"id": 9, "data": {"text": "a b"}}}
         url = f"{API}/webhooks/label-studio"
         assert client.post(url, json=event).status_code == 401
         wrong = client.post(url, json=event, headers={"X-Nerloop-Secret": "loud"})
@@ -324,6 +343,7 @@ def test_label_studio_webhook_checks_the_secret_and_works_after_answering(tmp_pa
         assert seen == [(project.id, "ANNOTATION_CREATED")]
         unknown = client.post(url, json={**event, "project": {"id": 6}}, headers={"X-Nerloop-Secret": "hush"})
         assert unknown.status_code == 404 and fields(unknown) == ["body.project.id"]
+        add_labelled_task(client, project.id)  # something to train on: a training is refused without
         training = client.post(url, json={"action": "START_TRAINING", "project": {"id": 5}}, headers={"X-Nerloop-Secret": "hush"})
         assert training.status_code == 202
         with Session(client.app.state.engine) as session:
@@ -495,6 +515,16 @@ def cli_env(tmp_path, monkeypatch):
     get_settings.cache_clear()
 
 
+def test_cli_configure_turns_self_training_on(cli_env):
+    app, client = cli_env
+    project = add_project(client)
+    done = CliRunner().invoke(app, ["configure", "--project", str(project.id), "--self-training", "--self-training-threshold", "0.97"])
+    assert done.exit_code == 0, done.output
+    assert "self_training: True" in done.output and "self_training_threshold: 0.97" in done.output
+    body = client.get(f"{API}/projects/{project.id}").json()
+    assert (body["self_training"], body["self_training_threshold"], body["self_training_weight"]) == (True, 0.97, 0.5)
+
+
 def test_cli_import_and_export(cli_env, tmp_path):
     app, client = cli_env
     project = add_project(client)
@@ -520,6 +550,7 @@ def test_cli_import_and_export(cli_env, tmp_path):
         (["import", "{file}", "--project", "999"], b'{"text": "a"}\n', "no such project"),
         (["import", "{file}", "--project", "{project}", "--format", "xml"], b"", "--format"),
         (["export", "--project", "{project}", "--format", "xml", "--out", "{file}"], None, "--format"),
+        (["configure", "--project", "{project}", "--self-training-weight", "2"], None, "--self-training-weight"),
     ],
 )
 def test_cli_reports_bad_input_clearly(cli_env, tmp_path, args, content, message):
@@ -568,12 +599,17 @@ def test_project_settings_change_and_bad_values_name_their_field(client):
     assert changed.status_code == 200
     body = changed.json()
     assert (body["strategy"], body["augment"], body["augment_ratio"], body["retrain_every"]) == ("bald", True, 1.5, 20)
+    assert (body["self_training"], body["self_training_threshold"], body["self_training_weight"]) == (False, 0.99, 0.5)  # off by default
+    body = client.patch(f"{API}/projects/{project.id}", json={"self_training": True, "self_training_threshold": 0.95}).json()
+    assert (body["self_training"], body["self_training_threshold"], body["self_training_weight"]) == (True, 0.95, 0.5)
     before = snapshot(client)
     for payload, field in (
         ({"strategy": "smartest"}, "body.strategy"),
         ({"retrain_every": 0}, "body.retrain_every"),
         ({"augment_ratio": -1}, "body.augment_ratio"),
         ({"name": "renamed"}, "body.name"),
+        ({"self_training_threshold": 0}, "body.self_training_threshold"),
+        ({"self_training_weight": 1.5}, "body.self_training_weight"),
     ):
         response = client.patch(f"{API}/projects/{project.id}", json=payload)
         assert response.status_code == 422 and fields(response) == [field], response.json()

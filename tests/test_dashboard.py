@@ -51,6 +51,11 @@ JOBS = [
 ]
 
 
+# What workers/retrain.py stores as v2's stopping signal: kappa 0.95 against v1, not yet stable.
+STOPPING = {"kappa": 0.95, "stable_versions": 0, "f1_slope_per_1k_tokens": 42.857, "fired": False, "threshold": 0.99, "window": 3,
+            "stop_set_size": 1, "advice": "keep going: kappa 0.9500 vs the active version, 0/3 versions stable at >= 0.99, ..."}
+
+
 def dev_metrics(f1: float, per_type: dict[str, float], decision: str, train_tokens: int) -> dict:
     """What workers/retrain.py stores in ModelVersion.metrics (the parts the dashboard reads)."""
     return {
@@ -87,7 +92,7 @@ def seed(url: str) -> int:
             ModelVersion(project_id=project.id, name="v1", path="/models/v1", status=ModelStatus.retired, dev_f1=0.5, train_size=2,
                          metrics=dev_metrics(0.5, {"PER": 0.6, "LOC": 0.4}, "no active version", 14), created_at=T0),
             ModelVersion(project_id=project.id, name="v2", path="/models/v2", status=ModelStatus.active, dev_f1=0.8, train_size=3,
-                         metrics=dev_metrics(0.8, {"PER": 0.9, "LOC": 0.7}, "dev F1 0.8000 >= active 0.5000", 21),
+                         metrics={**dev_metrics(0.8, {"PER": 0.9, "LOC": 0.7}, "dev F1 0.8000 >= active 0.5000", 21), "stopping": STOPPING},
                          created_at=T0 + timedelta(hours=1)),
         ])
         for n, (kind, status, seconds, progress, error) in enumerate(JOBS):
@@ -133,6 +138,7 @@ def test_dashboard_json(api):
     response = httpx.get(f"{base}/api/v1/projects/{project_id}/dashboard", headers=AUTH)
     assert response.status_code == 200, response.text
     data = response.json()
+    assert data["stopping"]["version"] == "v2" and data["stopping"]["verdict"] == "keep going" and data["stopping"]["kappa"] == 0.95
 
     assert data["project"]["name"] == "news"
     assert data["tasks"] == {"total": 7, "pool": 3, "labelled": 4, "dev": 1}
@@ -162,6 +168,16 @@ def test_dashboard_json(api):
     assert data["job_counts"]["by_status"] == {"queued": 1, "running": 1, "succeeded": 3, "failed": 1}
     assert data["job_counts"]["by_kind"]["train"] == {"queued": 0, "running": 1, "succeeded": 2, "failed": 0}
     assert data["job_counts"]["by_kind"]["sync"] == {"queued": 1, "running": 0, "succeeded": 0, "failed": 1}
+
+    assert data["review"] == {
+        "by_status": {"open": 0, "fixed": 0, "confirmed": 0}, "by_kind": {}, "by_label": {}, "confirmations": 0, "last_job_id": None
+    }
+    # Alice's task has two annotators who share no span: 0 agreement, a review candidate.
+    agreement = data["agreement"]
+    assert (agreement["tasks"], agreement["f1"]) == (1, {"exact": 0.0, "overlap": 0.0})
+    assert agreement["per_label"] == {label: {"exact": 0.0, "overlap": 0.0} for label in ("LOC", "ORG", "PER")}
+    assert [(p["annotators"], p["tasks"]) for p in agreement["pairs"]] == [(["a@example.com", "b@example.com"], 1)]
+    assert [t["disagreement"] for t in agreement["disagreeing_tasks"]] == [1.0]
 
 
 # ---- the page in headless Chromium ----------------------------------------------------------------
@@ -286,6 +302,14 @@ def test_page_renders_the_project(api, tmp_path):
         "train": ["train", "0", "1", "2", "0"],
         "all": ["all", "1", "1", "3", "1"],
     }
+
+    review = {row["attrs"]["data-review-status"]: dom.cells(row) for row in dom.rows("review-status")
+              if "data-review-status" in row["attrs"]}
+    assert review == {"open": ["open", "0"], "fixed": ["fixed", "0"], "confirmed": ["confirmed", "0"]}
+    stopping = dom.one("div", id="stopping")
+    assert stopping["attrs"]["data-verdict"] == "keep going" and "kappa 0.9500" in stopping["text"] and "0/3" in stopping["text"]
+    pair = next(row for row in dom.rows("agreement") if "data-pair" in row["attrs"])
+    assert dom.cells(pair) == ["a@example.com & b@example.com", "1", "0.000", "0.000"]
 
 
 @pytest.mark.integration

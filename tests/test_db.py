@@ -32,12 +32,15 @@ from service.models import (
     ModelVersion,
     Prediction,
     Project,
+    ReviewConfirmation,
+    Suspect,
+    SuspectStatus,
     Task,
     TaskState,
 )
 from support import REPO, wait_until
 
-ENUM_TYPES = {"taskstate", "modelstatus", "jobstatus"}
+ENUM_TYPES = {"taskstate", "modelstatus", "jobstatus", "suspectstatus"}
 
 
 def head() -> str:
@@ -150,6 +153,21 @@ def test_every_table_round_trips(url):
                 text="李四在上海工作。",
                 spans=[[0, 2, "PER"], [3, 5, "LOC"]],
             ),
+            Suspect(
+                project_id=project.id,
+                task_id=task.id,
+                producer="cross-fit k=4",
+                base_model="tiny-bert",
+                model_version="v1",
+                fingerprint="cd" * 20,
+                score=0.031,
+                kinds=["wrong_type"],
+                issues=[{"kind": "wrong_type", "reason": "wrong_type@3:5:LOC", "annotated": [3, 5, "LOC"], "suggested": [3, 5, "ORG"]}],
+                suggested=[[0, 2, "PER", 0.99], [3, 5, "ORG", 0.8]],
+                status=SuspectStatus.confirmed,
+                resolved_at=pulled,
+            ),
+            ReviewConfirmation(task_id=task.id, reason="wrong_type@3:5:LOC", fingerprint="cd" * 20, annotator="小李"),
         ]
         session.add_all(rows)
         session.flush()

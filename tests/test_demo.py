@@ -38,6 +38,10 @@ def test_demo_runs_the_loop_through_the_service(tmp_path, tiny_encoder):
     assert versions[0]["train_size"] == 12 and versions[1]["train_size"] == 24  # each training waited for its batch
     assert (out / "curve.png").stat().st_size > 10_000
     assert "Model versions" in done.stdout and "curve.png" in done.stdout
+    random_curve = results["random_curve"]  # the same corpus in random order, a second project in the same service
+    assert len(random_curve) == 2 and random_curve[1]["labelled_tasks"] >= random_curve[0]["labelled_tasks"] + 12
+    assert results["same_f1"]["f1"] == min(curve[-1]["test_f1"], random_curve[-1]["test_f1"]) and "The saving" in done.stdout
+    assert all(p["stopping"].startswith(("you can stop", "keep going")) for p in curve)  # the stopping signal after each training
     for name in ("api", "worker", "beat"):
         assert (out / "logs" / f"{name}.log").is_file()
     assert "nerloop.score_pool" in (out / "logs" / "worker.log").read_text()
@@ -48,3 +52,16 @@ def test_demo_refuses_bad_options_before_starting_anything(tmp_path):
         done = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo"), *args])
         assert done.exit_code == 2 and message in done.output
         assert not (tmp_path / "demo" / "logs").exists()
+
+
+def test_the_saving_compares_the_tokens_each_curve_needs_for_the_same_f1():
+    from service.cli.demo import Point, saving, tokens_to_reach
+
+    ours = [Point("v1", 10, 100, 0.5, None), Point("v2", 20, 200, 0.8, None)]
+    random_order = [Point("v1", 10, 100, 0.5, None), Point("v2", 20, 200, 0.6, None), Point("v3", 30, 300, 0.7, None)]
+    assert tokens_to_reach(ours, 0.65) == pytest.approx(150)  # halfway between 0.5 and 0.8
+    assert tokens_to_reach(ours, 0.4) == 100 and tokens_to_reach(ours, 0.9) is None
+    same = saving(ours, random_order, pool_tokens=1000)
+    # the lower final F1 (0.7): ours at 100 + (0.2 / 0.3) * 100 tokens, random order at 300
+    assert same["f1"] == 0.7 and same["tokens"] == pytest.approx(166.667, rel=1e-4) and same["random_tokens"] == 300
+    assert same["tokens_share"] == pytest.approx(0.166667, rel=1e-4) and same["token_saving"] == pytest.approx(1 - 166.667 / 300, rel=1e-4)

@@ -599,3 +599,21 @@ def test_the_package_built_from_the_image_context_holds_every_source_file(tmp_pa
     missing = expected - names
     assert not missing, f"the image's package lacks {sorted(missing)}: add them to [tool.setuptools.package-data]"
     assert re.search(r"^nerloop = service\.cli:app$", entry_points, re.M)
+
+
+def test_the_api_serves_secured_so_compose_requires_its_secrets(compose):
+    """`nerloop serve` refuses to start without the API token and the webhook secret unless told
+    --insecure, which is for loopback only (issue 14): the api service serves on every interface, so it
+    must not pass --insecure, and compose must refuse to start without the secrets."""
+    from service.cli.processes import missing_secrets
+    from service.db import init_db
+    from service.settings import Settings
+
+    command, options = parse_cli(service_argv(compose, "api")[1:])
+    assert command == "serve" and options["host"] == "0.0.0.0" and not options.get("insecure")
+    raw = compose["_raw"]["x-nerloop"]["environment"]
+    for secret in ("NERLOOP_API_TOKEN", "NERLOOP_WEBHOOK_SECRET"):
+        assert raw.get(secret, "").startswith(f"${{{secret}:?"), f"compose does not require {secret}"
+    env = service_env(compose, "api")
+    settings = Settings(_env_file=None, api_token=env["NERLOOP_API_TOKEN"], webhook_secret=env["NERLOOP_WEBHOOK_SECRET"])
+    assert missing_secrets(settings, init_db("sqlite://")) == []

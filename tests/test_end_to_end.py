@@ -45,7 +45,7 @@ def stack(tmp_path, label_studio, postgres_database, redis_url, tiny_encoder):
         NERLOOP_SCORE_SHARD_SIZE="64",
         OMP_NUM_THREADS="1",
     )
-    running = demo.Stack(env, port, tmp_path / "logs")
+    running = demo.Stack(env, port, tmp_path / "logs", serve_options=demo.INSECURE_ON_LOOPBACK)
     running.secret, running.config = secret, config
     try:
         running.start()

@@ -29,7 +29,7 @@ def test_label_studio_connects_and_shows_nerloop_predictions(label_studio, train
         session.commit()
 
     env = {**os.environ, "NERLOOP_HOME": str(settings.home), "NERLOOP_DATABASE_URL": settings.database_url}
-    with nerloop_serve(env, tmp_path / "serve.log") as base:
+    with nerloop_serve(env, tmp_path / "serve.log", insecure=True) as base:
         # "Connect Model": Label Studio checks /ml/health and asks /ml/setup for the model version.
         connected = browser.post("/api/ml", json={"project": ls_project, "url": f"{base}/ml", "title": "nerloop"})
         assert connected.status_code == 201, connected.text

@@ -17,7 +17,7 @@ from service import sync
 from service.api.ml_backend import label_studio_project_id
 from service.models import Job, ModelStatus
 from service.predictor import Predictor, samples_for, task_confidence, task_scores
-from support import add_project, add_version, make_client, make_settings, nerloop_serve, snapshot
+from support import add_labelled_task, add_project, add_version, make_client, make_settings, nerloop_serve, snapshot
 
 LABEL_CONFIG = (
     '<View><Labels name="ner" toName="doc"><Label value="PER"/><Label value="LOC"/></Labels><Text name="doc" value="$body"/></View>'
@@ -156,6 +156,7 @@ def test_webhook_answers_at_once_and_queues_training(client, monkeypatch):
     assert created.status_code == 200 and created.json()["status"].startswith("ignored")
     assert seen == []
 
+    add_labelled_task(client, project.id)  # something to train on: a training is refused without
     for _ in range(2):  # a second click while one is queued adds nothing
         assert client.post("/ml/webhook", json={"action": "START_TRAINING", "project": ls_project}).status_code == 201
     with Session(client.app.state.engine) as session:
@@ -175,7 +176,10 @@ def test_ml_webhook_takes_annotation_events_behind_basic_auth(tmp_path, monkeypa
     monkeypatch.setattr(sync, "handle_webhook", lambda session, project, payload: seen.append(payload["action"]) or {})
     with make_client(tmp_path, ml_basic_auth_user="ls", ml_basic_auth_password="pw") as client:
         add_project(client, ls_project_id=12)
-        event = {"action": "ANNOTATION_CREATED", "project": {"id": 12}, "annotation": {"id": 1}, "task": {"id": 2}}
+        # Label Studio's payload carries what processing needs; one without it is refused (test_hardening)
+        annotation = {"id": 1, "updated_at": "2026-01-01T00:00:00Z"}
+        task = {"id": 2, "data": {"text": "a b"}}
+        event = {"action": "ANNOTATION_CREATED", "project": {"id": 12}, "annotation": annotation, "task": task}
         assert client.post("/ml/webhook", json=event, auth=("ls", "pw")).json() == {"status": "accepted", "action": "ANNOTATION_CREATED"}
     assert seen == ["ANNOTATION_CREATED"]
 
@@ -186,7 +190,10 @@ def test_webhook_failures_in_the_background_are_logged_not_raised(client, monkey
 
     monkeypatch.setattr(sync, "handle_webhook", broken)
     add_project(client, ls_project_id=12)
-    response = client.post("/api/v1/webhooks/label-studio", json={"action": "ANNOTATION_UPDATED", "project": {"id": 12}})
+    # well-formed (a malformed event is refused before it is accepted: test_hardening), failing later
+    event = {"action": "ANNOTATION_UPDATED", "project": {"id": 12}, "task": {"id": 2, "data": {"text": "a b"}},
+             "annotation": {"id": 1, "updated_at": "2026-01-01T00:00:00Z"}}
+    response = client.post("/api/v1/webhooks/label-studio", json=event)
     assert response.status_code == 202
     assert "ANNOTATION_UPDATED for project" in caplog.text and "Label Studio went away" in caplog.text
 
@@ -254,7 +261,10 @@ def test_nerloop_serve_answers_over_http(tmp_path):
     with nerloop_serve(env, tmp_path / "serve.log") as base:
         health = httpx.get(f"{base}/api/v1/health", timeout=5)
         assert health.status_code == 200 and health.json()["status"] == "ok"
-        assert httpx.get(f"{base}/ml/health", timeout=5).json() == {"status": "UP", "model_class": "NerloopTagger"}
+        # /ml can queue trainings: it takes the API token too (issue 14), and nothing without it.
+        assert httpx.get(f"{base}/ml/health", timeout=5).status_code == 401
+        ml_health = httpx.get(f"{base}/ml/health", headers={"Authorization": "Bearer s3cret"}, timeout=5)
+        assert ml_health.json() == {"status": "UP", "model_class": "NerloopTagger"}
         assert httpx.get(f"{base}/api/v1/projects", timeout=5).status_code == 401
         assert httpx.get(f"{base}/api/v1/projects", headers={"Authorization": "Bearer s3cret"}, timeout=5).json() == []
 

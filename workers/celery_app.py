@@ -9,13 +9,21 @@ task code. A worker loads the tasks (``workers.tasks``) itself: ``celery -A work
 Queues: ``gpu`` runs model work (training, pool scoring and its shards, augmenters that need an
 accelerator); ``cpu`` runs I/O and light work (annotation sync, pushing predictions to Label Studio,
 the other augmenters, Celery's own chord bookkeeping). A GPU host runs one worker per accelerator on
-``gpu`` with concurrency 1; ``cpu`` can run anywhere, with more.
+``gpu`` with concurrency 1, in the solo pool (``nerloop worker``'s default for the gpu queue): a CUDA
+context does not survive a fork, and prefork forks replacement pool processes for as long as it runs;
+``cpu`` can run anywhere, with more.
 
 Delivery: tasks are acknowledged when they end (``acks_late``) and given back to the broker when the
 process running them dies (``reject_on_worker_lost``), so a killed task runs again; tasks are written
 to be run twice (see ``workers.lifecycle``). With Redis, a task unacknowledged for the transport's
-``visibility_timeout`` (1 hour by default; ``NERLOOP_BROKER_TRANSPORT_OPTIONS``) is delivered again
-even when its worker is alive; the job guard turns that duplicate into a wait.
+``visibility_timeout`` is delivered again even when its worker is alive: it is set above the longest
+training (``NERLOOP_BROKER_VISIBILITY_TIMEOUT``, 12 hours), and the job guard turns such a duplicate
+into a wait. A worker killed whole (its main process too) gives nothing back: the beat's sweep
+re-queues a job whose owner stopped its heartbeat (``workers.tasks.sweep``), long before that.
+
+Publishing: a broker that is down fails a send within ``NERLOOP_ENQUEUE_TIMEOUT_SECONDS`` (one
+connection attempt and one quick retry), so a request never hangs on it; ``service.job_queue`` keeps
+the job pending and the sweep sends it later.
 """
 
 from __future__ import annotations
@@ -42,9 +50,11 @@ TASK_QUEUES = {
     "nerloop.train": GPU,
     "nerloop.score_pool": GPU,
     "nerloop.score_shard": GPU,
+    "nerloop.review": GPU,  # label review: k fold trainings over the labelled set
     "nerloop.sync": CPU,
     "nerloop.push_predictions": CPU,
     "nerloop.sweep": CPU,
+    "nerloop.recover": CPU,
     "nerloop.augment": CPU,  # an augmenter that needs an accelerator sends its job to GPU (queue_for)
 }
 
@@ -80,7 +90,9 @@ def celery_config(settings: Settings) -> dict:
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,
-        "broker_transport_options": dict(settings.broker_transport_options),
+        "broker_transport_options": {**_redis_options(settings), **settings.broker_transport_options},
+        "broker_connection_timeout": settings.enqueue_timeout_seconds,
+        "task_publish_retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.1, "interval_max": 0.1},
         "result_backend_transport_options": dict(settings.result_backend_transport_options),
         "broker_connection_retry_on_startup": True,
         "task_queues": tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in (GPU, CPU)),
@@ -96,9 +108,21 @@ def celery_config(settings: Settings) -> dict:
         "result_expires": timedelta(days=1),
         "include": ["workers.tasks"],
         # `nerloop beat` (celery beat) sends the sweep; it needs no state beyond the DB.
-        "beat_schedule": {"sweep": {"task": "nerloop.sweep", "schedule": settings.sweep_seconds}},
+        # The recovery round is cheap (it reads the running and pending jobs): often, so that a lost
+        # worker's job runs again within a few heartbeats of going silent (``workers.lifecycle``).
+        "beat_schedule": {
+            "sweep": {"task": "nerloop.sweep", "schedule": settings.sweep_seconds},
+            "recover": {"task": "nerloop.recover", "schedule": max(1.0, 4 * settings.job_heartbeat_seconds)},
+        },
         "beat_schedule_filename": str(settings.home / "celerybeat-schedule"),
     }
+
+
+def _redis_options(settings: Settings) -> dict:
+    """The Redis transport's visibility timeout and connect timeout (other transports refuse them)."""
+    if not settings.broker_url.startswith(("redis://", "rediss://", "redis+socket://", "sentinel://")):
+        return {}
+    return {"visibility_timeout": settings.broker_visibility_timeout, "socket_connect_timeout": settings.enqueue_timeout_seconds}
 
 
 def create_app(settings: Settings | None = None, *, current: bool = True) -> Celery:
@@ -118,7 +142,8 @@ def make_sqlite_folders(app: Celery) -> None:
 
 def _key(settings: Settings) -> str:
     return json.dumps(
-        [settings.broker_url, settings.result_backend, settings.broker_transport_options, settings.result_backend_transport_options],
+        [settings.broker_url, settings.result_backend, settings.broker_transport_options, settings.result_backend_transport_options,
+         settings.broker_visibility_timeout, settings.enqueue_timeout_seconds],
         sort_keys=True,
     )
 
@@ -149,17 +174,29 @@ def enqueue(name: str, *, settings: Settings | None = None, task_id: str | None 
         raise ValueError(f"unknown task {name!r}; known: {', '.join(TASK_QUEUES)}")
     target = app_for(settings)
     make_sqlite_folders(target)
-    return target.send_task(name, kwargs=kwargs, task_id=task_id, queue=queue_for(name, kwargs))
+    # ignore_result: the sender never waits for a result, so it must not subscribe to the result
+    # backend either (which, when Redis is down, retries for 20 s before giving up).
+    return target.send_task(name, kwargs=kwargs, task_id=task_id, queue=queue_for(name, kwargs), ignore_result=True)
 
 
 # ---- pool processes: their share of the cores -----------------------------------------------------
+
+
+@signals.worker_init.connect
+def _solo_torch_threads(sender=None, **_) -> None:
+    """A solo worker (the gpu queue's) runs its tasks in the main process: no pool process to set up."""
+    pool = getattr(sender, "pool_cls", None)  # still as given here: "solo", or the class
+    if (pool if isinstance(pool, str) else getattr(pool, "__module__", "")).endswith("solo"):
+        _torch_threads()
 
 
 @signals.worker_process_init.connect
 def _torch_threads(**_) -> None:
     threads = get_settings().torch_threads
     concurrency = app.conf.worker_concurrency  # set by `nerloop worker --concurrency`
-    if not threads and concurrency:
+    # An explicit OMP_NUM_THREADS is the host's own split (several worker processes on one machine):
+    # overriding it with "all cores" made two 1-thread workers run 2 threads each on 2 cores (0.57x).
+    if not threads and concurrency and not os.environ.get("OMP_NUM_THREADS"):
         threads = max(1, len(os.sched_getaffinity(0)) // concurrency)
     if threads:
         import torch

@@ -12,7 +12,8 @@ A job goes ``queued`` → ``running`` → ``succeeded`` or ``failed`` (with the 
   heartbeat is rewritten every ``job_heartbeat_seconds``. A job whose owner is gone (its pid, on the
   same host) or silent for ``job_stale_seconds`` is taken over: the broker's redelivery of the killed
   task runs it again (at most ``job_max_attempts`` times), and another job of the project marks it
-  failed before it runs.
+  failed before it runs. A worker killed whole gives nothing back to the broker: the beat's recovery
+  round (``resend_stranded``) sends such a job again, and pending ones the broker did not take.
 - Writes are fenced by the token: an attempt that was taken over finds it no longer owns the job and
   stops without touching the job, the model versions or the active model. The members of a job's
   chord (pool scoring's shards and push) carry the token of the attempt that sent them, and are
@@ -37,7 +38,7 @@ from celery import Task
 from sqlmodel import Session, select
 
 from service.db import session_scope
-from service.job_queue import age, lock_project, mark_failed
+from service.job_queue import ARGUMENTS, EnqueueError, age, lock_project, mark_failed, send
 from service.models import Job, JobStatus, utcnow
 from service.settings import get_settings
 
@@ -48,6 +49,13 @@ FINISHED = (JobStatus.succeeded, JobStatus.failed)
 
 class JobLost(RuntimeError):
     """This attempt no longer owns its job: another worker took it over, or it ended."""
+
+
+class RetryLater(RuntimeError):
+    """Raised by the body of a chord member (``claims=False``): a service it needs is down for now
+    (Label Studio, for a push). The job is not failed: the task runs again after
+    ``job_wait_seconds``, for as long as its attempt owns the job (and the member's retry rewrites
+    the heartbeat, so a wait shorter than ``job_stale_seconds`` is not taken for a lost worker)."""
 
 
 def _locked_job(session: Session, job_id: int) -> Job | None:
@@ -105,12 +113,50 @@ def claim(job_id: int, *, exclusive: bool = True) -> Claim:
         token = uuid.uuid4().hex
         job.status = JobStatus.running
         job.started_at, job.finished_at, job.error = utcnow(), None, None
-        job.progress = {}  # what an earlier attempt reported does not describe this one
+        # What an earlier attempt reported does not describe this one; the task's arguments stay.
+        job.progress = {key: value for key, value in job.progress.items() if key == ARGUMENTS}
         job.attempt += 1
         job.owner_host, job.owner_pid, job.owner_token = socket.gethostname(), os.getpid(), token
         job.heartbeat_at = utcnow()
         job.waiting_for = None
         return Claim(Outcome.run, token, job.attempt)
+
+
+def resend_stranded() -> list[int]:
+    """Send again the jobs that no message on the broker will run soon, and return their ids:
+
+    - pending jobs, queued while the broker was down (``sent_at`` NULL);
+    - running jobs whose owner is gone: a worker killed whole (its main process too) gives nothing
+      back to the broker until the visibility timeout, hours later. The next claim takes such a job
+      over as a new attempt; the old message, delivered again one day, finds it finished.
+
+    A running job is sent again at most once per ``job_stale_seconds``, so jobs do not pile up copies
+    while no worker is there to take them. Called by the beat (``nerloop.recover``)."""
+    stale = get_settings().job_stale_seconds
+    with session_scope() as session:
+        candidates = session.exec(
+            select(Job.id).where(
+                ((Job.status == JobStatus.queued) & Job.sent_at.is_(None)) | (Job.status == JobStatus.running)
+            ).order_by(Job.id)
+        ).all()
+    sent = []
+    for job_id in candidates:
+        with session_scope() as session:
+            job = _locked_job(session, job_id)
+            if job is None or job.status in FINISHED:
+                continue
+            if job.status == JobStatus.running:
+                if owner_alive(job) or (job.sent_at and job.heartbeat_at and job.sent_at > job.heartbeat_at and age(job.sent_at) < stale):
+                    continue
+                log.warning("job %s: its worker stopped (last heartbeat %s); sending it again", job_id, job.heartbeat_at)
+            elif job.sent_at is not None:
+                continue  # sent meanwhile
+            try:
+                send(session, job)
+            except EnqueueError:
+                break  # the broker is still down: the next round tries again
+            sent.append(job_id)
+    return sent
 
 
 def owner_alive(job: Job) -> bool:
@@ -179,6 +225,9 @@ class JobRun:
         if isinstance(error, JobLost):
             log.warning("job %s was taken over by another worker; this attempt stops", self.job_id)
             return True
+        if isinstance(error, RetryLater):
+            self.flush()
+            return False  # JobTask retries the task; the job stays running
         if error is None:
             if not self.finished:
                 self.flush()  # what it reported since the last heartbeat
@@ -306,6 +355,10 @@ class JobTask(Task):
         run = JobRun(job_id, token)
         if not self.claims and not run.owns():
             return {"job_id": job_id, "skipped": "its attempt no longer owns the job"}
-        with run:
-            return self.run(run, *args, **kwargs)
+        try:
+            with run:
+                return self.run(run, *args, **kwargs)
+        except RetryLater as error:
+            log.warning("job %s: %s; trying again in %ss", job_id, error, get_settings().job_wait_seconds)
+            raise self.retry(countdown=get_settings().job_wait_seconds, exc=error) from error
         return {"job_id": job_id, "skipped": "taken over by another worker"}

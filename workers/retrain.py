@@ -1,5 +1,6 @@
-"""One training job: fine-tune, compare with the active version on the same dev set, save, register,
-promote when not worse.
+"""One training job: the recipe (``active_learning.recipe.run_recipe``: warm start from the active
+version, early stopping on the dev set, compared with the active version on the same dev set), the
+stopping signal against the active version, then save, register, promote when not worse.
 
 The active model is never touched until the last transaction, which (fenced by the job's owner
 token) registers the new version and, when it wins, retires the old one. A run killed at any point
@@ -10,22 +11,23 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
+import time
 from dataclasses import asdict, dataclass
 from functools import partial
+from pathlib import Path
 
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from active_learning import onnx_tagger, recipe, stopping
 from active_learning.corpus import word_offsets
-from active_learning.metrics import Scores, evaluate
-from active_learning.spans import Example
-from active_learning.tagger import TaggedText, Tagger, default_base_model
-from active_learning.training import EpochLog, TrainConfig, train
+from active_learning.recipe import RecipeInputs, SelfTraining, start_from
+from active_learning.tagger import default_base_model
+from active_learning.training import EpochLog, TrainConfig
 from service import job_queue
 from service.augmented_examples import training_examples
 from service.db import session_scope
-from service.models import Annotation, ModelStatus, ModelVersion, Project, Task
+from service.models import Annotation, ModelStatus, ModelVersion, Project, Task, TaskState
 from service.predictor import predict_with
 from service.settings import get_settings
 from service.versions import activate, active_version
@@ -58,21 +60,28 @@ def labelled_state(session: Session, project_id: int) -> list:
     return [row[0], row[1], row[2].isoformat() if row[2] else None]
 
 
-def score_on(predict: Callable[[list[str]], list[TaggedText]], dev: list[Example]) -> Scores | None:
-    if not dev:
-        return None
-    return evaluate(dev, [p.entity_spans for p in predict([e.text for e in dev])])
+def self_training_of(project: Project) -> SelfTraining:
+    return SelfTraining(project.self_training, project.self_training_threshold, project.self_training_weight)
 
 
-def decide(candidate: Scores | None, incumbent: Scores | None, has_active: bool) -> tuple[bool, str]:
-    """Promote when nothing is active, or when the candidate's dev F1 is at least the active's."""
-    if not has_active:
-        return True, "no active version"
-    if candidate is None or incumbent is None:
-        return False, "no dev set to compare on; promote it by hand if wanted"
-    if candidate.f1 >= incumbent.f1:
-        return True, f"dev F1 {candidate.f1:.4f} >= active {incumbent.f1:.4f}"
-    return False, f"dev F1 {candidate.f1:.4f} < active {incumbent.f1:.4f}"
+def stop_set_texts(session: Session, project_id: int) -> list[str]:
+    """The project's fixed stop set: hash-chosen among all its texts (``stopping.stop_set``)."""
+    rows = session.exec(select(Task.text, Task.content_hash).where(Task.project_id == project_id).order_by(Task.id)).all()
+    return [rows[i][0] for i in stopping.stop_set([digest for _, digest in rows])]
+
+
+def stop_history(session: Session, project_id: int) -> tuple[list, list, list]:
+    """(kappas, labelled tokens, dev F1) of the project's versions that carry a stopping signal, oldest first."""
+    signals = [
+        v.metrics
+        for v in session.exec(select(ModelVersion).where(ModelVersion.project_id == project_id).order_by(ModelVersion.id))
+        if "stopping" in v.metrics
+    ]
+    return (
+        [m["stopping"]["kappa"] for m in signals],
+        [m["labelled_tokens"] for m in signals],
+        [(m.get("dev") or {}).get("f1") for m in signals],
+    )
 
 
 def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
@@ -87,6 +96,10 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
         labels = list(project.labels)
         train_set, dev_set, augmented = training_examples(session, project)
         real = len(train_set) - augmented
+        self_training = self_training_of(project)
+        pool_texts = list(session.exec(select(Task.text).where(Task.project_id == project_id, Task.state == TaskState.pool)))
+        stop_texts = stop_set_texts(session, project_id)
+        kappas, version_tokens, version_dev_f1 = stop_history(session, project_id)
         active = active_version(session, project_id)
         incumbent = Incumbent(active.id, active.name, active.path) if active else None
         labelled_at_start = labelled_state(session, project_id)
@@ -95,9 +108,14 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
     if not real:
         raise ValueError(f"project {project_id} has no labelled training examples yet ({len(dev_set)} in the dev set)")
 
-    base = incumbent.path if incumbent else (settings.base_model or default_base_model())
-    tagger = Tagger.load(base, labels=labels)
-    run.update(stage="training", base=base, train_size=real, augmented=augmented, dev_size=len(dev_set), epoch=0, step=0)
+    base = start_from(incumbent.path if incumbent else None, settings.base_model or default_base_model())
+    active_predict = partial(predict_with, incumbent.path) if incumbent else None
+    pseudo = []
+    if self_training.enabled and active_predict and pool_texts:  # re-derived from the active model at every training
+        run.update(stage="pseudo-labelling", pool=len(pool_texts))
+        pseudo = recipe.pseudo_labels(pool_texts, active_predict(pool_texts), self_training)
+    sizes = {"train_size": real, "augmented": augmented, "pseudo_labelled": len(pseudo), "dev_size": len(dev_set)}
+    run.update(stage="training", base=base, **sizes, epoch=0, step=0)
 
     def on_step(step: int, total: int, loss: float) -> None:
         run.update(step=step, total_steps=total, loss=round(loss, 5))
@@ -105,25 +123,49 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
     def on_epoch(epoch: EpochLog) -> None:
         run.update(epoch=epoch.epoch, dev_f1=epoch.dev_f1)
 
-    result = train(tagger, train_set, dev_set or None, config, on_step=on_step, on_epoch=on_epoch)
+    outcome = recipe.run_recipe(RecipeInputs(base, labels, train_set, dev_set, config, pseudo), active_predict, on_step, on_epoch)
+    tagger, result, candidate, active_scores, promote, reason = (
+        outcome.tagger, outcome.result, outcome.candidate, outcome.incumbent, outcome.promote, outcome.reason
+    )
 
-    run.update(stage="evaluating")
-    candidate = score_on(tagger.predict, dev_set)
-    active_scores = score_on(partial(predict_with, incumbent.path), dev_set) if incumbent else None
-    promote, reason = decide(candidate, active_scores, incumbent is not None)
+    run.update(stage="stopping signal")
+    kappa = None
+    if active_predict and stop_texts:
+        kappa = stopping.cohen_kappa(stopping.word_tags(active_predict(stop_texts)), stopping.word_tags(tagger.predict(stop_texts)))
+    labelled_tokens = sum(len(word_offsets(e.text)) for e in [*train_set[:real], *dev_set])
+    signal = stopping.stop_signal(
+        [*kappas, kappa], [*version_tokens, labelled_tokens], [*version_dev_f1, candidate.f1 if candidate else None]
+    )
 
     run.update(stage="saving")
-    path = store.save_atomically(tagger, directory, store.attempt_name(job_id, run.token))
+    checks = []
+
+    def export_and_check(temp: Path) -> None:  # inside the atomic save: a version's ONNX files and check come whole with it
+        run.update(stage="exporting to ONNX")
+        started = time.perf_counter()
+        onnx_tagger.export(tagger, temp)
+        exported = time.perf_counter()
+        run.update(stage="checking the int8 model")
+        result = onnx_tagger.check(tagger, temp, dev_set, torch_f1=candidate.f1 if candidate else None)
+        seconds = {"export_seconds": round(exported - started, 3), "check_seconds": round(time.perf_counter() - exported, 3)}
+        checks.append({**result.as_dict(), **seconds})
+
+    path = store.save_atomically(tagger, directory, store.attempt_name(job_id, run.token), also=export_and_check)
     metrics = {
         "job_id": job_id,
         "base": base,
         "train_size": real,
         "augmented": augmented,
         "train_tokens": sum(len(word_offsets(e.text)) for e in train_set[:real]),  # the learning curve's x
+        "labelled_tokens": labelled_tokens,  # train and dev: what annotators labelled, the stopping slope's x
+        "pseudo_labelled": len(pseudo),
+        "self_training": asdict(self_training),
+        "stopping": {**signal.as_dict(), "stop_set_size": len(stop_texts), "advice": signal.advice},
         "dev_size": len(dev_set),
         "dev": candidate.as_dict() if candidate else None,
         "compared_with": {"version": incumbent.name, "dev_f1": active_scores.f1 if active_scores else None} if incumbent else None,
         "decision": reason,
+        "onnx": checks[0],  # int8 vs PyTorch dev F1, whether the int8 model serves, and what it cost
         "train": result.as_dict(),
         "config": asdict(config),
     }
@@ -155,6 +197,7 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
                 "decision": reason,
                 "dev_f1": version.dev_f1,
                 "active_dev_f1": active_scores.f1 if active_scores else None,
+                "stopping": signal.advice,  # "you can stop: kappa ..." or "keep going: ..."
             }
             run.finish(**summary)
             changed_meanwhile = labelled_state(session, project_id) != labelled_at_start
@@ -166,6 +209,8 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
     with session_scope() as session:
         if promote:  # first, so annotators get the new pre-annotations before any follow-up trains
             _request(session, project_id, "score_pool", version_id=summary["version_id"], coalesce=False)
+            if settings.review_after_training:  # after the pre-annotations: annotators wait on those, reviewers do not
+                _request(session, project_id, "review")
         if changed_meanwhile:
             _request(session, project_id, "train")  # annotations arrived during the run: one follow-up
     return summary

@@ -3,7 +3,8 @@
 A shard predicts its tasks and stores one ``Prediction`` row per task and version (spans with their
 probabilities, and the task confidence: lower is more uncertain). Storing is an upsert, so a shard run
 twice writes the same rows. The push reads the rows back and imports them into Label Studio in bulk,
-at the version's name, with uncertainty sampling on: the least confident task is served first.
+at the version's name, with uncertainty sampling on: the least confident task is served first; then
+it removes the superseded versions' predictions there (``Settings.keep_prediction_versions``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from service.db import session_scope
 from service.label_studio import client_from_settings, results_from_spans
 from service.models import ModelStatus, ModelVersion, Prediction, Project, Task, TaskState
 from service.predictor import predict_with, samples_for, task_scores
+from service.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +78,17 @@ def score_tasks(version_id: int, task_ids: Sequence[int]) -> int:
 
 
 def push(project_id: int, version_id: int) -> int:
-    """Import the version's predictions for the pool into Label Studio; returns how many it created.
+    """Import the version's predictions for the pool into Label Studio, then remove the superseded
+    versions' predictions there; returns how many it created.
 
-    Does nothing (returns 0) unless the project is attached to Label Studio and an API key is set.
+    Re-runnable as one step: predictions the version already has in Label Studio (an attempt that
+    died after importing) are replaced, not doubled. Of the project's other versions, the newest
+    ``keep_prediction_versions - 1`` keep theirs; model versions nerloop did not make, and annotations,
+    are never touched. Does nothing (returns 0) unless the project is attached to Label Studio and an
+    API key is set.
     """
-    client = client_from_settings()
+    settings = get_settings()
+    client = client_from_settings(settings)
     with session_scope() as session:
         project = session.get(Project, project_id)
         version = session.get(ModelVersion, version_id)
@@ -101,6 +109,15 @@ def push(project_id: int, version_id: int) -> int:
             for prediction, task in rows
         ]
         ls_project_id, name = project.ls_project_id, version.name
+        ours = set(session.exec(select(ModelVersion.name).where(ModelVersion.project_id == project_id)))
     if not payload:
         return 0
-    return client.push_predictions(ls_project_id, payload, model_version=name)
+    in_label_studio = client.prediction_versions(ls_project_id)  # newest first
+    if in_label_studio.get(name):
+        client.delete_prediction_version(ls_project_id, name)
+    created = client.push_predictions(ls_project_id, payload, model_version=name)
+    superseded = [v for v in in_label_studio if v in ours and v != name][settings.keep_prediction_versions - 1 :]
+    removed = sum(client.delete_prediction_version(ls_project_id, v) for v in superseded)
+    if superseded:
+        log.info("project %s: removed %d predictions of %s from Label Studio", project_id, removed, ", ".join(superseded))
+    return created

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from active_learning.tagger import Tagger
@@ -26,13 +26,16 @@ def attempt_name(job_id: int, token: str) -> str:
     return f"job-{job_id}-{token[:12]}"
 
 
-def save_atomically(tagger: Tagger, directory: Path, name: str) -> Path:
-    """Save ``tagger`` as ``directory/name``, all or nothing; returns the final path."""
+def save_atomically(tagger: Tagger, directory: Path, name: str, also: Callable[[Path], None] | None = None) -> Path:
+    """Save ``tagger`` as ``directory/name``, all or nothing; returns the final path. ``also`` writes
+    more files into the (still temporary) directory before it is renamed: the ONNX export and its check."""
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / name
     temp = directory / f"{TEMP_PREFIX}{name}"
     shutil.rmtree(temp, ignore_errors=True)
     tagger.save(temp)
+    if also is not None:
+        also(temp)
     _fsync_tree(temp)
     os.rename(temp, final)
     _fsync(directory)

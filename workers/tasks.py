@@ -8,13 +8,19 @@ stored results are upserts.
   the active version on the same dev set, save, register, promote when not worse, then queue
   ``score_pool`` for a promoted version. ``config``: fields of ``active_learning.training.TrainConfig``.
 - ``nerloop.score_pool(project_id, version_id, job_id)`` (gpu): a chord of ``nerloop.score_shard``
-  over chunks of the pool, then ``nerloop.push_predictions`` (cpu) into Label Studio.
+  over chunks of the pool, then ``nerloop.push_predictions`` (cpu) into Label Studio, which tries again
+  every ``NERLOOP_JOB_WAIT_SECONDS`` while Label Studio is unreachable (the predictions wait stored).
+- ``nerloop.review(project_id, job_id, folds=4, config=None)`` (gpu): label review, queued after each
+  promoted training and on demand: cross-fit from the base model, store the suspect annotations,
+  show them to reviewers in Label Studio. ``config``: fields of the fold models' ``TrainConfig``.
 - ``nerloop.sync(project_id, job_id)`` (cpu): pull the annotations webhooks missed, then queue a
   training when one is due.
 - ``nerloop.augment(project_id, job_id, method, n, seed, params)`` (gpu for a method whose augmenter
   needs an accelerator, else cpu): augment the labelled training tasks, store the outputs.
 - ``nerloop.sweep()`` (cpu, sent by the beat every ``NERLOOP_SWEEP_SECONDS``): for every project,
   pull from Label Studio when attached, then queue a training where enough new labels arrived.
+- ``nerloop.recover()`` (cpu, sent by the beat every 4 heartbeats): send the jobs no message will run
+  soon: pending ones (the broker was down when they were asked for) and those of a lost worker.
 """
 
 from __future__ import annotations
@@ -23,18 +29,20 @@ from celery import chord
 from celery.utils.log import get_task_logger
 from sqlmodel import select
 
+from active_learning.label_quality import DEFAULT_FOLDS
 from service import sync as annotation_sync
 from service.db import session_scope
 from service.job_queue import after_annotations_changed
-from service.label_studio import client_from_settings
+from service.label_studio import LabelStudioError, client_from_settings
 from service.models import Project
 from service.settings import get_settings
 
 from . import scoring
 from .augment_job import run_augmentation
 from .celery_app import app, make_sqlite_folders
-from .lifecycle import JobRun, JobTask
+from .lifecycle import JobRun, JobTask, RetryLater, resend_stranded
 from .retrain import run_training, train_config
+from .review_job import run_review
 
 log = get_task_logger(__name__)
 make_sqlite_folders(app)  # this module is loaded by workers only, before they connect
@@ -83,7 +91,12 @@ def push_predictions(run: JobRun, scored: list[int], project_id: int, version_id
         run.finish(stage="done", pushed=0, skipped=f"version {version_id} is no longer active")
         return {"job_id": run.job_id, "pushed": 0}
     run.update(stage="pushing")
-    pushed = scoring.push(project_id, version_id)
+    try:
+        pushed = scoring.push(project_id, version_id)
+    except LabelStudioError as error:
+        if error.status is not None and error.status < 500 and error.status != 429:
+            raise  # refused (a wrong key, a deleted project): trying again would not help
+        raise RetryLater(f"Label Studio is unavailable ({error})") from error  # the scored predictions wait in the database
     run.finish(stage="done", scored=sum(scored), pushed=pushed)
     return {"job_id": run.job_id, "scored": sum(scored), "pushed": pushed}
 
@@ -91,6 +104,11 @@ def push_predictions(run: JobRun, scored: list[int], project_id: int, version_id
 @app.task(base=JobTask)  # one at a time per project: each dedupes against the stored ones
 def augment(run: JobRun, project_id: int, method: str, n: int = 1, seed: int = 0, params: dict | None = None) -> dict:
     return run_augmentation(project_id, run, method, n, seed, params or {})
+
+
+@app.task(base=JobTask)
+def review(run: JobRun, project_id: int, folds: int = DEFAULT_FOLDS, config: dict | None = None) -> dict:
+    return run_review(project_id, run, folds, config)
 
 
 @app.task(base=JobTask)
@@ -130,3 +148,9 @@ def sweep() -> dict:
         except Exception:
             log.exception("sweep: project %s", project_id)
     return {"projects": len(project_ids), "trainings": trainings}
+
+
+@app.task
+def recover() -> dict:
+    """The beat's frequent round: pending jobs are sent, and a job whose worker died is sent again."""
+    return {"sent": resend_stranded()}

@@ -13,7 +13,8 @@ from ..predictor import Predictor
 from ..settings import Settings, get_settings
 from .deps import require_token
 from .errors import install_error_handlers
-from .routes import annotations, dashboard, health, jobs, metrics, ml, models, predictions, projects, tasks, webhooks
+from .guards import RequestGuard
+from .routes import annotations, dashboard, health, jobs, metrics, ml, models, predictions, projects, review, tasks, webhooks
 from .telemetry import RequestMetrics, registry_for
 
 PROJECT_IN_PATH = re.compile(r"/projects/(\d+)")
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.predictor = Predictor(settings.database_url)
     install_error_handlers(app)
     app.state.metrics = registry_for(app.state.engine)
+    app.add_middleware(RequestGuard, settings=settings)  # inside the metrics, so its refusals are counted
     app.add_middleware(RequestMetrics, registry=app.state.metrics)
 
     @app.middleware("http")
@@ -50,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return await call_next(request)
 
     protected = APIRouter(dependencies=[Depends(require_token)])
-    for module in (projects, tasks, annotations, models, predictions, jobs, dashboard):
+    for module in (projects, tasks, annotations, models, predictions, jobs, dashboard, review):
         protected.include_router(module.router)
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(health.router)

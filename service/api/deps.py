@@ -74,17 +74,27 @@ def require_token(settings: SettingsDep, credentials: Annotated[HTTPAuthorizatio
         raise Unauthorized("header.Authorization", "missing or wrong bearer token", "Bearer")
 
 
-_basic = HTTPBasic(auto_error=False, description="Optional; set NERLOOP_ML_BASIC_AUTH_USER/_PASSWORD and the same in Label Studio")
+_basic = HTTPBasic(auto_error=False, description="NERLOOP_ML_BASIC_AUTH_USER/_PASSWORD, as set in Label Studio's Connect Model")
 
 
-def require_ml_basic_auth(settings: SettingsDep, credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)]) -> None:
-    """HTTP basic auth on /ml, as Label Studio's "Connect Model" dialog offers, when a user is configured."""
-    if not settings.ml_basic_auth_user:
+def require_ml_auth(
+    settings: SettingsDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    basic: Annotated[HTTPBasicCredentials | None, Depends(_basic)],
+) -> None:
+    """/ml takes HTTP basic auth, which Label Studio's "Connect Model" sends (when a user is
+    configured), or the API's bearer token (when one is set); with neither configured it is open
+    (``nerloop serve --insecure``). /ml can queue trainings: it is no less protected than the API."""
+    user, token = settings.ml_basic_auth_user, settings.api_token
+    if not user and not token:
         return
-    if credentials is None or not (
-        _same(credentials.username, settings.ml_basic_auth_user) and _same(credentials.password, settings.ml_basic_auth_password)
-    ):
-        raise Unauthorized("header.Authorization", "missing or wrong basic auth credentials", 'Basic realm="nerloop"')
+    if basic is not None and user and _same(basic.username, user) and _same(basic.password, settings.ml_basic_auth_password):
+        return
+    if bearer is not None and token and _same(bearer.credentials, token):
+        return
+    challenge = 'Basic realm="nerloop"' if user else "Bearer"
+    reason = "missing or wrong credentials (basic auth, as in Label Studio's Connect Model, or the bearer token)"
+    raise Unauthorized("header.Authorization", reason, challenge)
 
 
 def require_webhook_secret(

@@ -74,7 +74,8 @@ async def _unauthorized(_request: Request, exc: Unauthorized) -> JSONResponse:
 
 async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    field = "body" if exc.status_code == 400 and "parsing the body" in message else None  # FastAPI's unreadable body
+    # FastAPI's unreadable body, or one that grew past the limit while streaming in (guards.RequestGuard)
+    field = "body" if (exc.status_code == 400 and "parsing the body" in message) or exc.status_code == 413 else None
     return JSONResponse(_body([(field, message)]), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
@@ -91,9 +92,12 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
-# Documented on every route that validates input, so the OpenAPI schema shows the real shape.
+# Documented on every route that validates input, so the OpenAPI schema shows the real shape. 400 and
+# 413 come from reading the body (unparseable; over NERLOOP_MAX_REQUEST_BYTES, see guards.RequestGuard).
 ERROR_RESPONSES = {
+    400: {"model": ErrorResponse, "description": "Unreadable body, or a Content-Length that is no number"},
     401: {"model": ErrorResponse, "description": "Missing or wrong credentials"},
     404: {"model": ErrorResponse, "description": "Unknown id"},
+    413: {"model": ErrorResponse, "description": "Request body over the size limit (NERLOOP_MAX_REQUEST_BYTES)"},
     422: {"model": ErrorResponse, "description": "Invalid input; each entry names the field"},
 }

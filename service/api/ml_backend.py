@@ -16,10 +16,13 @@ from typing import Any
 
 from sqlmodel import Session, select
 
+from ..errors import Invalid
 from ..label_studio import LabelStudioError, parse_labelling_config
 from ..models import Project
+from ..operations import jobs
 from ..predictor import ModelLoadError, Predictor, samples_for, task_scores
-from ..schemas import MAX_ID, MLRegion, MLRegionValue, MLTaskResult
+from ..schemas import MAX_ID, MAX_PREDICT_CHARACTERS, MLRegion, MLRegionValue, MLTaskResult, MLWebhookAnswer
+from ..settings import Settings
 from ..versions import active_version
 
 logger = logging.getLogger(__name__)
@@ -70,9 +73,13 @@ def model_version(session: Session, reference: str | None) -> str:
 def predict_tasks(
     session: Session, predictor: Predictor, tasks: Sequence[dict], reference: str | None, label_config: str | None
 ) -> list[MLTaskResult]:
-    """One result per task: regions from the active model, or none (untrained, no text)."""
+    """One result per task: regions from the active model, or none (untrained, no text). Texts of
+    more than ``MAX_PREDICT_CHARACTERS`` in all are refused (``Invalid``) before any inference."""
     project = find_project(session, reference)
     names = TagNames(project.from_name, project.to_name, project.text_key) if project is not None else tag_names_from_config(label_config)
+    texts = [_task_text(task, names.text_key) for task in tasks]
+    if sum(len(t) for t in texts if t is not None) > MAX_PREDICT_CHARACTERS:
+        raise Invalid.one(("tasks",), f"more than {MAX_PREDICT_CHARACTERS} characters of text in all; send fewer tasks per request")
     model = None
     if project is not None:
         try:
@@ -80,7 +87,6 @@ def predict_tasks(
         except ModelLoadError:
             logger.exception("project %s: the active model cannot be loaded; answering without predictions", project.id)
     version = model.name if model is not None else UNTRAINED
-    texts = [_task_text(task, names.text_key) for task in tasks]
     to_predict = [t for t in texts if t is not None]
     strategy = project.strategy if project is not None else "mnlp"
     predicted = model.predict(to_predict, mc_samples=samples_for(strategy)) if model is not None and to_predict else []
@@ -115,6 +121,16 @@ def _task_text(task: Any, key: str) -> str | None:
     except UnicodeEncodeError:
         return None
     return text
+
+
+def start_training(session: Session, project: Project, settings: Settings) -> MLWebhookAnswer:
+    """Label Studio's "Start Training": a training job, queued while Label Studio waits for the answer.
+    Label Studio keeps the answer's ``job`` as its training job and shows the model as "Training"; a
+    refusal (409: nothing labelled to train on) shows it as "Error" with the reason. Its dialog itself
+    prints only its own empty answer ("Response: {}"); the job shows on the dashboard and in ``nerloop jobs``."""
+    job = jobs.request_training(session, project.id, settings)
+    status = f"training job {job.id} of nerloop project {project.id}: {job.status.value}"
+    return MLWebhookAnswer(status=status, action="START_TRAINING", job=str(job.id))
 
 
 def warm_up(predictor: Predictor, project_id: int) -> None:

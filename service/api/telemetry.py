@@ -21,6 +21,9 @@ from sqlmodel import Session, select
 
 from ..models import Annotation, Job, ModelStatus, ModelVersion, Task
 
+# HTTP's methods; any other a client invents is counted as "other", so clients cannot add series.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 # Seconds; jobs run from seconds (a sync) to hours (a training on a large labelled set).
 JOB_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
 
@@ -116,7 +119,8 @@ class RequestMetrics:
     """ASGI middleware: request count and latency per method, route template and status.
 
     The route template, not the raw path, keeps the number of series bounded; requests that match
-    no route share ``unmatched``. The request count is the histogram's ``_count``.
+    no route share ``unmatched``, methods outside ``KNOWN_METHODS`` share ``other``. The request
+    count is the histogram's ``_count``.
     """
 
     def __init__(self, app, registry: CollectorRegistry):
@@ -144,7 +148,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_and_note_status)
         finally:
-            self.latency.labels(scope["method"], route_template(scope), str(status)).observe(perf_counter() - started)
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+            self.latency.labels(method, route_template(scope), str(status)).observe(perf_counter() - started)
 
 
 def route_template(scope) -> str:

@@ -12,9 +12,13 @@ gold labels take tasks in the order an annotator would get them and submit them 
 Everything after that is production code: retraining once ``retrain_every`` tasks are labelled,
 evaluation against the active model, promotion, pool scoring, the push of predictions. The
 annotators wait for each training and scoring to finish (people are slower than this CPU), and
-the active model is scored on a held-out test set after each one: the learning curve.
+the active model is scored on a held-out test set after each one: the learning curve, with the
+stopping signal each training reports. Then (``--random-baseline``, the default) a second project in
+the same service labels the same corpus in random order (strategy ``random``), and the plot and the
+final table show both curves and the labelled tokens each needs for the same test F1: the saving.
 
-The parts (``Stack``, the desks, ``run_loop``) also drive tests/test_end_to_end.py. Label Studio's
+The processes are ``service.cli.stack.Stack``, as for ``nerloop up``. The parts (``Stack``, the desks,
+``run_loop``) also drive tests/test_end_to_end.py. Label Studio's
 SDK and seqeval are imported where they are used: every ``nerloop`` command imports this module.
 """
 
@@ -24,11 +28,8 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -44,11 +45,14 @@ from active_learning.spans import Example, Span
 
 from .common import Epochs, MinSteps, Strategy, console, fail, progress_bar
 from .corpus import CORPUS_HELP, labels_of, load_pool_and_test
+from .stack import API, Stack
 
 app = typer.Typer()
 
-API = "/api/v1"
 REPO = Path(__file__).resolve().parents[2]
+# The demo's API listens on loopback only and nobody else's data is in it: no API token
+# (`nerloop serve` refuses to start without one unless told --insecure).
+INSECURE_ON_LOOPBACK = ["--insecure"]
 PREDICT_CHUNK = 256  # texts per /predict request (the API's limit)
 
 
@@ -60,89 +64,6 @@ class DemoConfig:
     train_config: dict = field(default_factory=lambda: {"epochs": 5, "min_steps": 100})
     base_model: str = ""  # default: all-MiniLM-L6-v2
     job_timeout: float = 1800.0
-
-
-# ---- the processes ---------------------------------------------------------------------------------
-
-
-class Stack:
-    """``nerloop serve``, ``nerloop worker`` and ``nerloop beat`` as child processes sharing one
-    environment; their logs go to files in ``logs``.
-
-    As a context manager it starts them and stops them on the way out, whatever ends the block: an
-    error, Ctrl-C, or a SIGTERM (a timeout, a kill), which would otherwise leave them running, since
-    they live in process sessions of their own.
-    """
-
-    def __init__(self, env: dict[str, str], port: int, logs: Path):
-        self.env, self.port, self.logs = env, port, logs
-        self.url = f"http://127.0.0.1:{port}"
-        self.processes: dict[str, subprocess.Popen] = {}
-
-    def __enter__(self) -> Stack:
-        def terminated(*_):
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not interrupt the cleanup
-            sys.exit(143)
-
-        self._sigterm = signal.signal(signal.SIGTERM, terminated)
-        try:
-            self.start()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *_) -> None:
-        self.stop()
-        signal.signal(signal.SIGTERM, self._sigterm)
-
-    def start(self) -> None:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        nerloop = [sys.executable, "-m", "service.cli"]
-        self._spawn("api", [*nerloop, "serve", "--host", "127.0.0.1", "--port", str(self.port)])
-        self.wait_until(self.healthy, 120, "the API to answer")
-        self._spawn("worker", [*nerloop, "worker", "--queues", "gpu,cpu", "--concurrency", "1"])
-        self._spawn("beat", [*nerloop, "beat"])
-
-    def _spawn(self, name: str, command: list[str]) -> None:
-        log = (self.logs / f"{name}.log").open("w")
-        self.processes[name] = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def healthy(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}{API}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def check(self) -> None:
-        for name, process in self.processes.items():
-            if process.poll() is not None:
-                tail = (self.logs / f"{name}.log").read_text()[-2000:]
-                raise RuntimeError(f"nerloop {name} exited with {process.returncode}; the end of its log:\n{tail}")
-
-    def wait_until(self, condition: Callable[[], object], timeout: float, what: str, every: float = 0.5):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check()
-            value = condition()
-            if value:
-                return value
-            time.sleep(every)
-        raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-
-    def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL to each process group after ``grace`` seconds: a worker in the middle
-        of a training would otherwise finish it first (its task is acknowledged late, so nothing is lost)."""
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for process in self.processes.values():
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
 
 
 # ---- the annotators --------------------------------------------------------------------------------
@@ -199,6 +120,7 @@ class Point:
     labelled_tokens: int
     test_f1: float
     dev_f1: float | None
+    stopping: str | None = None  # the stopping signal after the training ("you can stop: ..." / "keep going: ...")
 
 
 def train_jobs(api: httpx.Client, project_id: int) -> list[dict]:
@@ -272,7 +194,10 @@ def run_loop(
             wait_job(stack, api, scoring["id"], config.job_timeout, lambda job: report("progress", job))
         models = checked(api.get(f"{API}/projects/{project_id}/models"))
         active = next(m for m in models if m["status"] == "active")
-        point = Point(active["name"], labelled_tasks, labelled_tokens, f1_on(api, project_id, test_set), active["dev_f1"])
+        point = Point(
+            active["name"], labelled_tasks, labelled_tokens, f1_on(api, project_id, test_set), active["dev_f1"],
+            trained["progress"].get("stopping"),
+        )
         points.append(point)
         report("point", point.__dict__)
     return points
@@ -295,6 +220,9 @@ def environment(home: Path, port: int, config: DemoConfig, label_studio: tuple[s
         NERLOOP_TRAIN_CONFIG=json.dumps(config.train_config),
         NERLOOP_BASE_MODEL=config.base_model,
         NERLOOP_WEBHOOK_SECRET=secret,
+        # The demo measures the learning curve: a label review's k fold trainings after each promotion
+        # would queue ahead of the next training on the one gpu worker (`nerloop review` runs one on demand).
+        NERLOOP_REVIEW_AFTER_TRAINING="false",
         PYTHONUNBUFFERED="1",
     )
     if label_studio:
@@ -302,10 +230,14 @@ def environment(home: Path, port: int, config: DemoConfig, label_studio: tuple[s
     return env
 
 
-def create_project(api: httpx.Client, labels: Sequence[str], config: DemoConfig, pool: Sequence[Example], with_label_studio: bool) -> dict:
-    body = {"name": "demo", "labels": list(labels), "create_in_label_studio": with_label_studio}
+def create_project(
+    api: httpx.Client, labels: Sequence[str], config: DemoConfig, pool: Sequence[Example], with_label_studio: bool,
+    name: str = "demo", strategy: str | None = None,
+) -> dict:
+    """A project with the pool imported; ``strategy`` overrides the config's (the random baseline's)."""
+    body = {"name": name, "labels": list(labels), "create_in_label_studio": with_label_studio}
     project = checked(api.post(f"{API}/projects", json=body))
-    checked(api.patch(f"{API}/projects/{project['id']}", json={"strategy": config.strategy, "retrain_every": config.batch}))
+    checked(api.patch(f"{API}/projects/{project['id']}", json={"strategy": strategy or config.strategy, "retrain_every": config.batch}))
     imported = checked(api.post(f"{API}/projects/{project['id']}/tasks", json={"tasks": [{"text": e.text} for e in pool]}))
     project["imported"] = imported["created"]
     return project
@@ -322,38 +254,87 @@ def new_secret() -> str:
     return secrets.token_urlsafe(24)
 
 
-def plot(points: Sequence[Point], full_pool_tokens: int, path: Path) -> None:
+def tokens_to_reach(points: Sequence[Point], f1: float) -> float | None:
+    """Labelled tokens at which a curve first reaches ``f1`` (linear between points; None if it never does)."""
+    for before, after in zip([None, *points], points):
+        if after.test_f1 >= f1:
+            if before is None or after.test_f1 == before.test_f1:
+                return float(after.labelled_tokens)
+            share = (f1 - before.test_f1) / (after.test_f1 - before.test_f1)
+            return before.labelled_tokens + share * (after.labelled_tokens - before.labelled_tokens)
+    return None
+
+
+def saving(points: Sequence[Point], baseline: Sequence[Point], pool_tokens: int) -> dict | None:
+    """The same F1 on both curves: the lower of the two final F1s, and the tokens (and pool share) each needs for it."""
+    if not points or not baseline:
+        return None
+    target = min(points[-1].test_f1, baseline[-1].test_f1)
+    ours, theirs = tokens_to_reach(points, target), tokens_to_reach(baseline, target)
+    return {
+        "f1": target,
+        "tokens": ours, "tokens_share": ours / pool_tokens if ours is not None else None,
+        "random_tokens": theirs, "random_tokens_share": theirs / pool_tokens if theirs is not None else None,
+        "token_saving": 1 - ours / theirs if ours is not None and theirs else None,
+    }
+
+
+def first_stop(points: Sequence[Point]) -> Point | None:
+    return next((p for p in points if p.stopping and p.stopping.startswith("you can stop")), None)
+
+
+def plot(
+    points: Sequence[Point], baseline: Sequence[Point], same_f1: dict | None, strategy: str, full_pool_tokens: int, path: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.2))
-    axis.plot([p.labelled_tokens for p in points], [p.test_f1 for p in points], marker="o", color="tab:blue")
+    axis.plot([p.labelled_tokens for p in points], [p.test_f1 for p in points], marker="o", color="tab:blue", label=f"nerloop ({strategy})")
     for p in points:
         axis.annotate(p.version, (p.labelled_tokens, p.test_f1), textcoords="offset points", xytext=(4, -12), fontsize=8)
+    if baseline:
+        axis.plot([p.labelled_tokens for p in baseline], [p.test_f1 for p in baseline], marker="s", color="tab:orange",
+                  label="random order (same service)")
+    stop = first_stop(points)
+    if stop:
+        axis.plot(stop.labelled_tokens, stop.test_f1, marker="*", markersize=16, color="tab:green", linestyle="none",
+                  label="stopping signal")
+    if same_f1 and same_f1["tokens"] is not None:
+        axis.axhline(same_f1["f1"], color="grey", linestyle=":", linewidth=1)
+        label = f"F1 {same_f1['f1']:.3f}: {same_f1['tokens_share']:.0%} of the pool's tokens"
+        if same_f1["random_tokens"] is not None:
+            label += f" vs {same_f1['random_tokens_share']:.0%} in random order"
+        axis.annotate(label, (same_f1["tokens"], same_f1["f1"]), textcoords="offset points", xytext=(4, 6), fontsize=8)
     axis.set_xlabel(f"labelled tokens (pool: {full_pool_tokens:,})")
     axis.set_ylabel("test F1 (active model)")
     axis.set_title("nerloop demo: the active model after each retraining")
     axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
 
 def write_results(out: Path, points: Sequence[Point], models: list[dict], pool: Sequence[Example], test_set: Sequence[Example],
-                  labels: Sequence[str], config: DemoConfig):
-    """``curve.png`` and ``results.json`` in ``out``; returns the model versions as a rich table."""
+                  labels: Sequence[str], config: DemoConfig, baseline: Sequence[Point] = ()):
+    """``curve.png`` and ``results.json`` in ``out``; returns the model versions and, with a random
+    ``baseline`` curve, the comparison at the same F1, as rich tables."""
 
     pool_tokens = sum(len(word_offsets(e.text)) for e in pool)
-    plot(points, pool_tokens, out / "curve.png")
+    same_f1 = saving(points, baseline, pool_tokens)
+    plot(points, baseline, same_f1, config.strategy, pool_tokens, out / "curve.png")
+    stop = first_stop(points)
     document = {
         "pool": len(pool), "test": len(test_set), "labels": list(labels), "config": config.__dict__, "pool_tokens": pool_tokens,
-        "curve": [p.__dict__ for p in points], "model_versions": models,
+        "curve": [p.__dict__ for p in points], "random_curve": [p.__dict__ for p in baseline], "same_f1": same_f1,
+        "stopping_signal_at": stop.__dict__ if stop else None, "model_versions": models,
     }
     (out / "results.json").write_text(json.dumps(document, indent=2, default=str))
     table = Table(title="Model versions")
-    for column in ("version", "status", "trained on", "dev F1", "test F1", "labelled tokens"):
+    for column in ("version", "status", "trained on", "dev F1", "test F1", "labelled tokens", "more labels?"):
         table.add_column(column)
     last_point = {p.version: p for p in points}
     for m in models:
@@ -362,8 +343,23 @@ def write_results(out: Path, points: Sequence[Point], models: list[dict], pool: 
             m["name"], m["status"], f"{m['train_size']} tasks", f"{m['dev_f1']:.3f}" if m["dev_f1"] is not None else "–",
             f"{point.test_f1:.3f}" if point else "–",
             f"{point.labelled_tokens} ({point.labelled_tokens / pool_tokens:.0%})" if point else "–",
+            (point.stopping or "–").split(":")[0] if point else "–",
         )
-    return table
+    tables = [table]
+    if same_f1:
+        comparison = Table(title=f"The saving: labelled tokens for the same test F1 ({same_f1['f1']:.3f})")
+        for column in ("order", "labelled tokens", "share of the pool"):
+            comparison.add_column(column)
+        for name, tokens, share in (
+            (f"nerloop ({config.strategy})", same_f1["tokens"], same_f1["tokens_share"]),
+            ("random (same service)", same_f1["random_tokens"], same_f1["random_tokens_share"]),
+        ):
+            shown = (f"{tokens:,.0f}", f"{share:.1%}") if tokens is not None else ("not reached", "–")
+            comparison.add_row(name, *shown)
+        if same_f1["token_saving"] is not None:
+            comparison.caption = f"active learning saved {same_f1['token_saving']:.0%} of the labelling"
+        tables.append(comparison)
+    return tables
 
 
 # ---- the command -----------------------------------------------------------------------------------
@@ -384,10 +380,18 @@ def demo(
     ),
     base_model: str = typer.Option("", help="Hugging Face model directory or id; default: all-MiniLM-L6-v2 (offline)"),
     label_studio: bool = typer.Option(False, "--label-studio", help="Label through a local Label Studio (installed and started for you)"),
+    random_baseline: bool = typer.Option(
+        True, "--random-baseline/--no-random-baseline", help="Then label the same corpus in random order in a second project, to compare"
+    ),
     keep_running: bool | None = typer.Option(
         None, "--keep-running/--stop", help="Leave the service up at the end (default: with --label-studio)"
     ),
-    port: int = typer.Option(0, min=0, max=65535, help="The API's port (0: a free one)"),
+    port: int | None = typer.Option(
+        None,
+        min=0,
+        max=65535,
+        help="The API's port (0: a free one; default: 8000 with --keep-running, so that a connected model keeps its URL; else 0)",
+    ),
     out: Path = typer.Option(Path("runs/demo"), help="Output folder: curve.png, results.json, logs, the service's NERLOOP_HOME"),
 ):
     """The whole loop through the real service: API, worker and beat as processes; simulated
@@ -403,6 +407,9 @@ def demo(
     except (ValueError, TypeError) as error:
         fail(f"--train-config: {error}")
     config = DemoConfig(batch=batch, rounds=rounds, strategy=strategy.value, train_config=training, base_model=base_model)
+    keep = label_studio if keep_running is None else keep_running
+    if port is None:
+        port = 8000 if keep else 0
     if port == 0:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -412,12 +419,11 @@ def demo(
     out.mkdir(parents=True, exist_ok=True)
     ls = start_label_studio(REPO) if label_studio else None
     secret = new_secret()
-    stack = Stack(environment(home, port, config, ls, secret), port, out / "logs")
+    stack = Stack(environment(home, port, config, ls, secret), port, out / "logs", serve_options=INSECURE_ON_LOOPBACK)
     console.print(
         f"pool [bold]{len(pool)}[/bold] · test {len(test_set)} · labels {', '.join(labels)} · strategy {config.strategy} · "
         f"retrain every {batch} · service on {stack.url} (logs: {out / 'logs'})"
     )
-    keep = label_studio if keep_running is None else keep_running
     try:
         with stack, httpx.Client(base_url=stack.url, timeout=120) as api:
             project = create_project(api, labels, config, pool, with_label_studio=ls is not None)
@@ -426,30 +432,38 @@ def demo(
                 desk = LabelStudioDesk(*ls, project["ls_project_id"])
             else:
                 desk = NerloopDesk(api, project["id"])
-            points = follow_loop(stack, api, project["id"], desk, pool, test_set, config)
+            points = follow_loop(stack, api, project["id"], desk, project["imported"], pool, test_set, config)
+            baseline = []
+            if random_baseline:  # what active learning bought: the same corpus, the same service, random order
+                console.print("the same corpus in random order, through the same service: a second project with strategy random")
+                other = create_project(api, labels, config, pool, with_label_studio=False, name="demo (random order)", strategy="random")
+                baseline = follow_loop(stack, api, other["id"], NerloopDesk(api, other["id"]), other["imported"], pool, test_set, config)
             models = checked(api.get(f"{API}/projects/{project['id']}/models"))
-            console.print(write_results(out, points, models, pool, test_set, labels, config))
+            for table in write_results(out, points, models, pool, test_set, labels, config, baseline):
+                console.print(table)
             console.print(f"learning curve: {out / 'curve.png'} · numbers: {out / 'results.json'} · service state: {home}")
             if keep:
                 where = (
                     f"Label Studio: {ls[0]} (login admin@nerloop.local / nerloop-admin), project {project['ls_project_id']}: "
-                    "pre-annotations in uncertainty order\n" if ls else ""
+                    "its view \"nerloop: most uncertain first\" lists the tasks lowest score first; the model is connected "
+                    f"at {stack.url}/ml\n" if ls else f"Label Studio's Connect Model URL: {stack.url}/ml\n"
                 )
                 console.print(f"{where}dashboard: {stack.url}/dashboard · Ctrl-C stops the service")
-                serve_until_interrupted(stack)
+                stack.run_until_stopped()
     except (RuntimeError, TimeoutError, httpx.HTTPError) as error:
         fail(str(error))
     if not keep:
         console.print(f"dashboard: NERLOOP_HOME={home} .venv/bin/nerloop serve, then http://127.0.0.1:8000/dashboard")
 
 
-def follow_loop(stack: Stack, api: httpx.Client, project_id: int, desk, pool, test_set, config: DemoConfig) -> list[Point]:
-    """``run_loop`` with progress bars: tasks labelled, the job running, and a line per point."""
+def follow_loop(stack: Stack, api: httpx.Client, project_id: int, desk, tasks: int, pool, test_set, config: DemoConfig) -> list[Point]:
+    """``run_loop`` with progress bars: tasks labelled (of the ``tasks`` the import created: duplicates
+    in the pool are dropped), the job running, and a line per point."""
     from service.models import Job
     from service.progress import progress_view
 
     with progress_bar() as progress:
-        labelled = progress.add_task("annotators labelling", total=len(pool))
+        labelled = progress.add_task("annotators labelling", total=tasks)
         job_bar = progress.add_task("waiting for labels", total=None)
 
         def report(event: str, fields: dict) -> None:
@@ -462,16 +476,7 @@ def follow_loop(stack: Stack, api: httpx.Client, project_id: int, desk, pool, te
             elif event == "point":
                 progress.console.print(
                     f"  {fields['version']}: {fields['labelled_tasks']} tasks / {fields['labelled_tokens']} tokens labelled"
-                    f" → test F1 {fields['test_f1']:.3f}"
+                    f" → test F1 {fields['test_f1']:.3f}" + (f" · {fields['stopping']}" if fields["stopping"] else "")
                 )
 
         return run_loop(stack, api, project_id, desk, pool, test_set, config, report)
-
-
-def serve_until_interrupted(stack: Stack) -> None:
-    try:
-        while True:
-            stack.check()
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass

@@ -7,6 +7,7 @@ import time
 from enum import Enum
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -119,9 +120,13 @@ def list_jobs(
     from service.operations import jobs
     from service.progress import progress_view
 
-    table = Table(title="Jobs")
-    for column in ("id", "project", "kind", "status", "progress", "created", "finished", "error"):
-        table.add_column(column, no_wrap=column not in ("progress", "error"))
+    # Fits 80 columns: one space between columns, short times, and progress and error wrap within a
+    # width of their own (the fixed columns with their rules once took all 80, leaving those two none).
+    table = Table(title="Jobs", box=box.SIMPLE_HEAD, show_edge=False, padding=0)
+    for column in ("id", "project", "kind", "status", "created", "finished"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("progress", min_width=12, ratio=1)
+    table.add_column("error", min_width=10, ratio=1)
     with database() as session:
         rows = jobs.list_recent(session, project, limit)
         for job in rows:
@@ -130,9 +135,9 @@ def list_jobs(
                 str(job.project_id or ""),
                 job.kind,
                 f"[{STATUS_COLOURS[job.status.value]}]{job.status.value}[/]",
-                escape(progress_view(job).summary),
-                f"{job.created_at:%Y-%m-%d %H:%M:%S}",
+                f"{job.created_at:%m-%d %H:%M}",
                 f"{job.finished_at:%H:%M:%S}" if job.finished_at else "",
+                escape(progress_view(job).summary),
                 escape((job.error or "").splitlines()[0] if job.error else ""),
             )
     console.print(table if rows else "no jobs")

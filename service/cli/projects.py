@@ -35,6 +35,7 @@ def init(
     webhook: bool = typer.Option(True, help="Register nerloop's webhook in Label Studio (needs NERLOOP_PUBLIC_URL reachable from it)"),
 ):
     """Connect Label Studio (NERLOOP_LABEL_STUDIO_URL / _API_KEY) and create or attach a project."""
+    from service.label_studio import UNCERTAIN_FIRST_VIEW
     from service.operations import projects
 
     if (attach is None) == (name is None):
@@ -57,15 +58,21 @@ def init(
         if webhook:
             projects.register_webhook(client, ls_project_id, settings)
         with database() as session:
-            project = projects.attach(session, ProjectAttach(ls_project_id=ls_project_id, name=new.name if new else None), client)
+            project = projects.attached_to(session, ls_project_id)
+            if project is None:
+                project = projects.attach(session, ProjectAttach(ls_project_id=ls_project_id, name=new.name if new else None), client)
+            else:  # attached before: set Label Studio up again (the model, say, once the API is up)
+                projects.set_up_label_studio(client, ls_project_id, settings)
             project_id, project_labels = project.id, project.labels
     except DomainError as error:
         go_on = f"\nLabel Studio project {ls_project_id} was created: go on with --attach {ls_project_id}" if new and ls_project_id else ""
         fail(describe(error, ls_project_id="--attach") + go_on)
     console.print(
         f"project [bold]{project_id}[/bold] ↔ Label Studio project {ls_project_id} · labels {', '.join(project_labels)}\n"
-        f"next: nerloop import FILE --project {project_id}; in Label Studio, Settings → Model → Connect Model "
-        f"with URL {settings.public_url.rstrip('/')}/ml"
+        f"Label Studio: the view \"{UNCERTAIN_FIRST_VIEW}\" lists the tasks lowest score first; the model at "
+        f"{settings.public_url.rstrip('/')}/ml is connected unless a warning above says Label Studio could not reach it "
+        "(then start nerloop up and run this command again with --attach)\n"
+        f"next: nerloop import FILE --project {project_id}"
     )
 
 
@@ -76,12 +83,24 @@ def configure(
     retrain_every: int | None = typer.Option(None, min=1, help="Retrain after this many newly labelled tasks"),
     augment: bool | None = typer.Option(None, "--augment/--no-augment", help="Train on augmented examples too"),
     augment_ratio: float | None = typer.Option(None, min=0, max=20, help="At most this many augmented examples per labelled one"),
+    self_training: bool | None = typer.Option(
+        None, "--self-training/--no-self-training", help="Train on the active model's confident pseudo-labels of pool texts too"
+    ),
+    self_training_threshold: float | None = typer.Option(None, help="Task confidence in (0, 1] a pool text needs for its pseudo-label"),
+    self_training_weight: float | None = typer.Option(None, help="Loss weight in (0, 1] of a pseudo-labelled text"),
 ):
     """Change a project's settings; prints them all."""
     from service.operations import projects
 
     changes = validated(
-        ProjectUpdate, strategy=strategy and strategy.value, retrain_every=retrain_every, augment=augment, augment_ratio=augment_ratio
+        ProjectUpdate,
+        strategy=strategy and strategy.value,
+        retrain_every=retrain_every,
+        augment=augment,
+        augment_ratio=augment_ratio,
+        self_training=self_training,
+        self_training_threshold=self_training_threshold,
+        self_training_weight=self_training_weight,
     )
     with database() as session:
         changed = projects.update(session, open_project(session, project), changes)

@@ -19,7 +19,9 @@ app = typer.Typer()
 def simulate(
     data: Path | None = typer.Option(None, help=CORPUS_HELP),
     test: Path | None = typer.Option(None, help="Test file; default: the folder's *testb/*test file, or a 20% hold-out"),
-    strategies: str = typer.Option("mnlp,random", help=f"Comma-separated: {', '.join(STRATEGIES)}"),
+    strategies: str = typer.Option(
+        "mnlp,random", help=f"Comma-separated arms: {', '.join(STRATEGIES)}; '+self_training' adds pseudo-labels (mnlp+self_training)"
+    ),
     seed_size: int = typer.Option(100, help="Cold-start labelled set, in --unit"),
     batch: int = typer.Option(100, help="Labelled per round, in --unit"),
     rounds: int = typer.Option(5, help="Query rounds after the seed set"),
@@ -34,9 +36,13 @@ def simulate(
     batch_size: BatchSize = 16,
     mc_samples: int = typer.Option(BALD.mc_samples, help="MC-dropout passes for BALD"),
     diversity: bool = typer.Option(False, help="Spread each batch with k-means on embeddings"),
+    dev_share: float = typer.Option(0.2, min=0.0, max=0.95, help="Hash-chosen dev share of the labelled set (the service's rule)"),
+    self_training_threshold: float = typer.Option(0.99, help="+self_training arms: task confidence a pool text needs for a pseudo-label"),
+    self_training_weight: float = typer.Option(0.5, help="+self_training arms: loss weight of a pseudo-labelled text"),
     out: Path = typer.Option(Path("runs/simulate"), help="Output folder for curve.json and curve.png"),
 ):
     """Run the active-learning loop with gold labels standing in for annotators."""
+    from active_learning.recipe import SelfTraining
     from active_learning.simulation import SimulationConfig, write_results
     from active_learning.simulation import simulate as run_simulation
     from active_learning.training import TrainConfig
@@ -56,6 +62,8 @@ def simulate(
             base_model=base_model,
             mc_samples=mc_samples,
             diversity=diversity,
+            dev_share=dev_share,
+            self_training=SelfTraining(enabled=True, threshold=self_training_threshold, weight=self_training_weight),
             train=TrainConfig(epochs=epochs, min_steps=min_steps, learning_rate=learning_rate, batch_size=batch_size),
         )
     except ValueError as error:
@@ -83,6 +91,9 @@ def simulate(
             progress.console.print(
                 f"  {result.strategy:>16} seed {result.seed} round {result.round}: {result.sentences} sentences, "
                 f"{100 * result.tokens_fraction:.1f}% of pool tokens → F1 {result.f1:.3f}"
+                + ("" if result.promoted else " (candidate not promoted)")
+                + (f" · kappa {result.kappa:.4f}" if result.kappa is not None else "")
+                + (" · [bold]stopping signal[/bold]" if result.stop_fired else "")
             )
 
         document = run_simulation(pool, test_set, labels, config, on_stage=on_stage, on_step=on_step, on_result=on_result)
@@ -113,7 +124,7 @@ def print_summary(document: dict) -> None:
         table.add_row(str(number), *cells)
     console.print(table)
     summary = Table(title="Summary")
-    for column in ("strategy", "final F1", "full-pool F1", "tokens to 99% of full F1", "AULC vs random"):
+    for column in ("strategy", "final F1", "full-pool F1", "tokens to 99% of full F1", "AULC vs random", "stopping signal at"):
         summary.add_column(column)
     for name, s in document["summary"].items():
         reached = s["tokens_fraction_to_99pct_full_f1"]
@@ -123,5 +134,6 @@ def print_summary(document: dict) -> None:
             f"{s['full_pool_f1']:.3f}" if s["full_pool_f1"] is not None else "-",
             f"{100 * reached:.1f}%" if reached is not None else f"not within {100 * s['final_tokens_fraction']:.1f}%",
             f"{s['aulc_vs_random']:.3f}" if s["aulc_vs_random"] is not None else "-",
+            f"{100 * s['stop_tokens_fraction']:.1f}% (F1 {s['stop_f1']:.3f})" if s["stop_tokens_fraction"] is not None else "did not fire",
         )
     console.print(summary)

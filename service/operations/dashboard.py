@@ -1,5 +1,6 @@
 """What the dashboard shows for one project: the learning curve, labels per type, model versions with
-per-type F1, recent jobs and job counts. The page (static/dashboard.html) only draws this."""
+per-type F1, recent jobs and job counts, the label review's suspects and the annotators' agreement.
+The page (static/dashboard.html) only draws this."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from ..schemas import (
     JobSummary,
     VersionSummary,
 )
-from . import model_versions, reports
+from . import model_versions, reports, review
 
 
 def dashboard(session: Session, project: Project) -> Dashboard:
@@ -40,6 +41,9 @@ def dashboard(session: Session, project: Project) -> Dashboard:
         model_versions=versions,
         jobs=[job_summary(job) for job in newest_jobs],
         job_counts=job_counts(session, project.id),
+        review=review.summary(session, project.id),
+        agreement=report.agreement,
+        stopping=report.stopping,
     )
 
 
@@ -56,8 +60,16 @@ def version_summary(version: ModelVersion) -> VersionSummary:
         dev_f1=version.dev_f1,
         per_type=dev.get("per_type") or {},
         decision=version.metrics.get("decision"),
+        serving=serving_note(version.metrics.get("onnx")),
         created_at=version.created_at,
     )
+
+
+def serving_note(check: dict | None) -> str:
+    """How a version serves on a CPU (``NERLOOP_INFERENCE=auto``), from its int8 check (``workers.retrain``)."""
+    if check is None:
+        return "PyTorch (saved without an ONNX export)"
+    return f"{'ONNX Runtime int8' if check['passed'] else 'PyTorch'}: {check['reason']}"
 
 
 def job_summary(job: Job) -> JobSummary:

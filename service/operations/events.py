@@ -9,16 +9,21 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from active_learning.spans import storable_string
+
 from .. import job_queue, sync
 from ..errors import Invalid, NotFound
-from ..label_studio import WEBHOOK_ACTIONS
-from ..models import Project
+from ..label_studio import WEBHOOK_ACTIONS, parse_ls_datetime
+from ..models import Project, Task
+from ..schemas import MAX_TEXT, LabelStudioEvent
 from ..settings import Settings
 from . import jobs
 
 logger = logging.getLogger(__name__)
 
 TRAINING_EVENT = "START_TRAINING"
+ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+DELETION_EVENT = "ANNOTATIONS_DELETED"
 
 
 def ml_webhook_actions(settings: Settings) -> tuple[str, ...]:
@@ -36,6 +41,33 @@ def event_project(session: Session, ls_project_id: int | None) -> Project:
     if project is None:
         raise NotFound.one(("project", "id"), f"no project is attached to Label Studio project {ls_project_id}")
     return project
+
+
+def check_event(session: Session, project: Project, event: LabelStudioEvent) -> None:
+    """Refuse (``Invalid``, naming the field) an event that processing after the response could not
+    apply: Label Studio retries no webhook we accepted, so a malformed one must be refused now."""
+    if event.action in ANNOTATION_EVENTS:
+        for field in ("task", "annotation"):
+            if getattr(event, field) is None:
+                raise Invalid.one((field,), f"Field required: {event.action} carries the {field} (turn on Label Studio's 'send payload')")
+        if event.annotation.updated_at is None:
+            raise Invalid.one(("annotation", "updated_at"), "Field required: when the annotation was last changed")
+        try:
+            parse_ls_datetime(event.annotation.updated_at)
+        except ValueError:
+            raise Invalid.one(("annotation", "updated_at"), f"not an ISO 8601 time: {event.annotation.updated_at!r}") from None
+        known = session.exec(select(Task.id).where(Task.project_id == project.id, Task.ls_task_id == event.task.id)).first()
+        if known is None:  # the task is adopted from the event, so its text must be one we can store
+            text = (event.task.data or {}).get(project.text_key)
+            problem = (
+                "Field required: the text of a task nerloop does not have yet" if not isinstance(text, str) or not text.strip()
+                else f"longer than {MAX_TEXT} characters" if len(text) > MAX_TEXT
+                else storable_string(text)
+            )
+            if problem:
+                raise Invalid.one(("task", "data", project.text_key), problem)
+    elif event.action == DELETION_EVENT and event.annotations is None:
+        raise Invalid.one(("annotations",), f'Field required: {DELETION_EVENT} carries the annotations, [{{"id": ...}}]')
 
 
 def process_event(engine: Engine, project_id: int, payload: dict, settings: Settings | None = None) -> None:

@@ -1,15 +1,17 @@
-"""A project's report: task counts, entities per label, model versions."""
+"""A project's report: task counts, entities per label, model versions, agreement between annotators,
+the stopping signal."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from ..models import Annotation, ModelStatus, Project, Task, TaskState
-from ..schemas import ProjectRead, ProjectReport, ReportModel, TaskCounts
-from . import model_versions
+from ..models import Annotation, ModelStatus, ModelVersion, Project, Task, TaskState
+from ..schemas import ProjectRead, ProjectReport, ReportModel, StoppingSignal, TaskCounts
+from . import model_versions, review
 
 
 def report(session: Session, project: Project) -> ProjectReport:
@@ -37,4 +39,16 @@ def report(session: Session, project: Project) -> ProjectReport:
         labels=dict(labels),
         active_model=active,
         model_versions=[ReportModel.model_validate(v, from_attributes=True) for v in versions],
+        agreement=review.annotator_agreement(session, project.id),
+        stopping=stopping_signal(versions),
     )
+
+
+def stopping_signal(versions: Sequence[ModelVersion]) -> StoppingSignal | None:
+    """The stopping signal the train job stored with the newest version that has one."""
+    for version in reversed(versions):
+        signal = version.metrics.get("stopping")
+        if signal:
+            fields = {k: signal[k] for k in StoppingSignal.model_fields if k in signal}
+            return StoppingSignal(**fields, version=version.name, verdict="you can stop" if signal["fired"] else "keep going")
+    return None

@@ -12,19 +12,21 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from active_learning.corpus import CorpusError, read_conll, read_jsonl
-from active_learning.spans import Example, SpanError, validate
+from active_learning.spans import Example, SpanError, validate, validate_meta
 
 from .. import sync
-from ..errors import Invalid, UpstreamError
+from ..errors import Conflict, Invalid, UpstreamError
 from ..label_studio import LabelStudioClient, LabelStudioError
 from ..models import Prediction, Project, Task, TaskState
 from ..schemas import MAX_TEXT, EntityOut, ImportReport, NextTask, TaskFormat, TaskIn
 from ..versions import active_version
 
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+IMPORT_ATTEMPTS = 5  # each lost race leaves fewer new texts, so a few attempts settle any number of parallel imports
 MAX_ERRORS = 50  # reported per request; a file of bad tasks would otherwise answer megabytes
 
 
@@ -71,17 +73,25 @@ def examples_from_path(project: Project, path: Path, format: TaskFormat | None) 
 def import_examples(
     session: Session, project: Project, examples: Sequence[Example], client: LabelStudioClient | None, dev_share: float
 ) -> ImportReport:
-    """Store new tasks (deduplicated by content hash); pool tasks are pushed to Label Studio when attached."""
-    try:
-        result = sync.import_examples(session, project, list(examples), client=client, dev_share=dev_share)
-    except LabelStudioError as error:
-        session.rollback()
-        raise UpstreamError.one((), f"Label Studio: {error}") from error
-    except SpanError as error:  # checked before already; kept so a disagreement is refused, not a crash
-        session.rollback()
-        raise Invalid.one((), str(error)) from error
-    session.commit()
-    return ImportReport(created=len(result.created), duplicates=result.duplicates)
+    """Store new tasks (deduplicated by content hash); pool tasks are pushed to Label Studio when attached.
+
+    Idempotent under concurrency: when a parallel import stored some of the same texts first (the
+    unique content hash refuses ours), the import is made again, and those count as duplicates, as
+    they would for an import made after it."""
+    for _ in range(IMPORT_ATTEMPTS):
+        try:
+            result = sync.import_examples(session, project, list(examples), client=client, dev_share=dev_share)
+            session.commit()
+            return ImportReport(created=len(result.created), duplicates=result.duplicates)
+        except IntegrityError:
+            session.rollback()  # a parallel import stored some of these texts first
+        except LabelStudioError as error:
+            session.rollback()
+            raise UpstreamError.one((), f"Label Studio: {error}") from error
+        except SpanError as error:  # checked before already; kept so a disagreement is refused, not a crash
+            session.rollback()
+            raise Invalid.one((), str(error)) from error
+    raise Conflict.one((), "parallel imports of the same texts kept colliding; import again")
 
 
 def next_tasks(session: Session, project: Project, limit: int) -> list[NextTask]:
@@ -150,20 +160,25 @@ def _read_csv(filename: str, text: str) -> list[Example]:
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
-    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
+    # strict: a quote opened and never closed is an error, not a field that swallows the rest of the file
+    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect, strict=True)
+    row_starts = 1  # the line the record being read begins on; a record may span lines (quoted newlines)
     try:
         header = reader.fieldnames or []
         if "text" not in header:
             raise CorpusError(f"{filename}: the CSV header has no 'text' column (found {header})")
         examples = []
+        row_starts = reader.line_num + 1
         for row in reader:
             value = row.get("text")
             if not isinstance(value, str) or not value.strip():
-                raise CorpusError(f"{filename}:{reader.line_num}: the 'text' column is empty")
+                raise CorpusError(f"{filename}:{row_starts}: the 'text' column is empty")
             meta = {k: v for k, v in row.items() if k not in ("text", None) and v not in (None, "")}
             examples.append(Example(value, [], meta))
+            row_starts = reader.line_num + 1
     except csv.Error as error:
-        raise CorpusError(f"{filename}:{reader.line_num}: not valid CSV ({error})") from None
+        unclosed = " (a quote opened there is never closed)" if "unexpected end of data" in str(error) else ""
+        raise CorpusError(f"{filename}:{row_starts}: not valid CSV: {error}{unclosed}") from None
     return examples
 
 
@@ -183,3 +198,7 @@ def _check(filename: str, examples: Iterable[Example], labels: Sequence[str]) ->
         for span in example.spans:
             if span.label not in known:
                 raise CorpusError(f"{where}: unknown label {span.label!r}; the project's labels are {sorted(known)}")
+        try:
+            validate_meta(example.meta)
+        except SpanError as error:
+            raise CorpusError(f"{where}: {error}") from None

@@ -3,7 +3,7 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
 
 from ...operations import annotations
 from ...schemas import AnnotationRead, ExportFormat
@@ -26,7 +26,8 @@ def list_annotations(
     return annotations.list_for_project(session, project, accepted_only, limit, offset)
 
 
-@router.get("/export", response_class=PlainTextResponse, responses={200: {"content": {"application/x-ndjson": {}, "text/plain": {}}}})
+# response_class=Response: the errors stay documented as JSON; the 200 names the two file types.
+@router.get("/export", response_class=Response, responses={200: {"content": {"application/x-ndjson": {}, "text/plain": {}}}})
 def export_annotations(project: ProjectDep, session: SessionDep, format: ExportFormat = ExportFormat.jsonl):
     """The accepted annotation of every labelled task, as character spans (JSONL) or IOB2 columns (CoNLL)."""
     filename = f"project-{project.id}.{format.value}"

@@ -5,12 +5,15 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from ...operations import jobs
-from ...schemas import AugmentRequest, JobRead
+from ...schemas import AugmentRequest, ErrorResponse, JobRead
 from ..deps import JobId, ProjectDep, SessionDep, SettingsDep
 from ..errors import ERROR_RESPONSES
 
 router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
-BROKER_REFUSED = {503: {"description": "The broker refused the task (the job is recorded as failed)"}}
+BROKER_REFUSED = {
+    409: {"model": ErrorResponse, "description": "Nothing to work on yet: the project has no labelled training task"},
+    503: {"description": "The broker refused the task (the job is recorded as failed)"},
+}
 
 
 @router.post("/projects/{project_id}/train", response_model=JobRead, status_code=202, responses=BROKER_REFUSED)

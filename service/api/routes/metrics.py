@@ -4,12 +4,17 @@
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ...schemas import ErrorResponse
 from ..deps import require_token
 
 router = APIRouter(tags=["observability"], dependencies=[Depends(require_token)])
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, 401: {"model": ErrorResponse, "description": "Missing or wrong bearer token"}},
+)
 def metrics(request: Request):
     """Annotations, tasks and jobs per project, job durations and active model F1 (read from the
     database now, so they cover the workers too) and this API process's request latencies."""

@@ -4,7 +4,7 @@ from fastapi import APIRouter
 
 from ...operations import projects, reports
 from ...schemas import ProjectAttach, ProjectCreate, ProjectRead, ProjectReport, ProjectUpdate
-from ..deps import LabelStudioDep, ProjectDep, SessionDep
+from ..deps import LabelStudioDep, ProjectDep, SessionDep, SettingsDep
 from ..errors import ERROR_RESPONSES
 
 router = APIRouter(prefix="/projects", tags=["projects"], responses=ERROR_RESPONSES)
@@ -12,16 +12,18 @@ ATTACH_CONFLICT = {409: {"description": "Already attached, or no Label Studio co
 
 
 @router.post("", response_model=ProjectRead, status_code=201, responses={502: {"description": "Label Studio refused"}})
-def create_project(body: ProjectCreate, session: SessionDep, client: LabelStudioDep):
+def create_project(body: ProjectCreate, session: SessionDep, client: LabelStudioDep, settings: SettingsDep):
     """Create a project with its entity labels; with a Label Studio API key configured, the Label
-    Studio project is created too (unless ``create_in_label_studio`` is false)."""
-    return projects.create(session, body, client)
+    Studio project is created too (unless ``create_in_label_studio`` is false), with a view of the
+    most uncertain tasks first and this service's /ml connected as its model."""
+    return projects.create(session, body, client, settings)
 
 
 @router.post("/attach", response_model=ProjectRead, status_code=201, responses=ATTACH_CONFLICT)
-def attach_project(body: ProjectAttach, session: SessionDep, client: LabelStudioDep):
-    """Create a project for an existing Label Studio project, reading labels and tag names from its config."""
-    return projects.attach(session, body, client)
+def attach_project(body: ProjectAttach, session: SessionDep, client: LabelStudioDep, settings: SettingsDep):
+    """Create a project for an existing Label Studio project, reading labels and tag names from its
+    config; the Label Studio project gets the view and the model connection as on creation."""
+    return projects.attach(session, body, client, settings)
 
 
 @router.get("", response_model=list[ProjectRead])

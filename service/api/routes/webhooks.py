@@ -14,7 +14,8 @@ router = APIRouter(prefix="/webhooks", tags=["webhooks"], dependencies=[Depends(
 def label_studio_event(
     event: LabelStudioEvent, session: SessionDep, engine: EngineDep, settings: SettingsDep, background: BackgroundTasks
 ):
-    """Accept an event at once (Label Studio waits 1 s) and process it after the response."""
+    """Check an event's shape and accept it at once (Label Studio waits 1 s); it is processed after the response."""
     project = events.event_project(session, event.project.id if event.project else None)
+    events.check_event(session, project, event)
     background.add_task(events.process_event, engine, project.id, event.model_dump(), settings)
     return WebhookAccepted(status="accepted", action=event.action)

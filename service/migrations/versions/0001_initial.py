@@ -7,7 +7,7 @@ Revises:
 Create Date: 2026-11-28 14:25:50
 """
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 import sqlmodel
@@ -15,9 +15,9 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "0001"
-down_revision: Union[str, Sequence[str], None] = None
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | Sequence[str] | None = None
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 # PostgreSQL keeps these as types of their own: create_table makes them, downgrade must drop them.
 ENUM_TYPES = ("taskstate", "modelstatus", "jobstatus")

@@ -1,0 +1,279 @@
+"""Benchmark: the active-learning loop's own latency, from the annotation that triggers a retraining to
+the moment Label Studio's next task carries the new version's prediction, broken down by stage.
+
+Set-up (not timed): a fresh nerloop home (SQLite database, the embedded SQLite broker), a Label Studio
+project (started with scripts/labelstudio.sh unless ``--label-studio-url`` is given) holding the
+``--pool`` unlabelled tasks, ``--labelled`` ground-truth examples in nerloop (demo corpus,
+``active_learning.demo_corpus``), one real ``nerloop worker --queues gpu,cpu`` (its default pool for
+the gpu queue: solo), and a first version trained, scored and pushed, so the timed round is the steady
+state (a training warm-started from an active version).
+
+Timed: one more annotation is recorded on a pool task (``sync.record_local_annotation``, what the
+annotation endpoints and the webhook store) and ``job_queue.after_annotations_changed`` runs as after
+any annotation (``retrain_every`` is 1, so it queues the training). Then, polling every 0.1 s: the
+training job's stages (queue wait, loading, training, evaluation, export to ONNX and int8 check,
+registering), the score_pool job (queue wait, scoring: all pool predictions stored), the push into
+Label Studio (stored → the job done) and Label Studio's ``GET /api/projects/{id}/next`` answering a
+task whose prediction is the new version's. Writes bench/results/loop_latency.json.
+
+    .venv/bin/python bench/loop_latency.py [--labelled 1000] [--pool 10000] [--base-model DIR]
+        [--train-config JSON] [--label-studio-url URL --label-studio-api-key KEY] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAINING_STAGES = {  # the training job's progress stages (workers/retrain.py) → this benchmark's parts
+    "loading": "training: loading data and model",
+    "pseudo-labelling": "training: pseudo-labelling",
+    "training": "training: fine-tuning",
+    "evaluating": "evaluation",
+    "stopping signal": "evaluation",
+    "saving": "export and check",
+    "exporting to ONNX": "export and check",
+    "checking the int8 model": "export and check",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--labelled", type=int, default=1000)
+    parser.add_argument("--pool", type=int, default=10_000)
+    parser.add_argument("--base-model", default="", help="encoder directory (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--train-config", default="{}", help="NERLOOP_TRAIN_CONFIG for the worker (JSON)")
+    parser.add_argument("--label-studio-url", default="")
+    parser.add_argument("--label-studio-api-key", default="")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds each phase may take")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "loop_latency.json")
+    return parser.parse_args(argv)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_label_studio(data_dir: Path) -> tuple[str, str, dict]:
+    env = {**os.environ, "LS_DATA_DIR": str(data_dir)}
+    script = str(ROOT / "scripts" / "labelstudio.sh")
+    subprocess.run([script, "install"], env=env, check=True, capture_output=True)
+    out = subprocess.run([script, "start", str(free_port())], env=env, check=True, capture_output=True, text=True).stdout
+    started = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return started["LABEL_STUDIO_URL"], started["LABEL_STUDIO_API_KEY"], env
+
+
+def wait_for(what: str, probe, timeout: float, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(every)
+    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """``measure`` in a home of its own; whatever it started is stopped, even when interrupted."""
+    home = Path(tempfile.mkdtemp(prefix="nerloop-bench-loop-"))
+    stops: list = []
+    try:
+        return measure(args, home, stops)
+    finally:
+        for stop in reversed(stops):
+            stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def stop_worker(worker: subprocess.Popen) -> None:
+    worker.terminate()
+    try:
+        worker.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, 9)  # the process group this benchmark started
+
+
+def measure(args: argparse.Namespace, home: Path, stops: list) -> dict:
+    if not args.label_studio_url:
+        args.label_studio_url, args.label_studio_api_key, ls_env = start_label_studio(home / "label-studio")
+        script = str(ROOT / "scripts" / "labelstudio.sh")
+        stops.append(lambda: subprocess.run([script, "stop"], env=ls_env, check=False, capture_output=True))
+    env = {
+        "NERLOOP_HOME": str(home / "home"),
+        "NERLOOP_LABEL_STUDIO_URL": args.label_studio_url,
+        "NERLOOP_LABEL_STUDIO_API_KEY": args.label_studio_api_key,
+        "NERLOOP_TRAIN_CONFIG": args.train_config,
+        "NERLOOP_JOB_HEARTBEAT_SECONDS": "0.2",  # progress (the stages polled here) is written with each heartbeat
+        **({"NERLOOP_BASE_MODEL": args.base_model} if args.base_model else {}),
+    }
+    for key in [k for k in os.environ if k.startswith("NERLOOP_")]:
+        del os.environ[key]
+    os.environ.update(env)
+    sys.path.insert(0, str(ROOT))
+    from sqlmodel import func, select
+
+    from active_learning.demo_corpus import LABELS, generate
+    from active_learning.spans import Example
+    from service import job_queue, sync
+    from service.db import init_db, session_scope
+    from service.label_studio import client_from_settings
+    from service.models import Job, JobStatus, ModelStatus, ModelVersion, Prediction, Project, Task, TaskState
+    from service.settings import get_settings
+
+    get_settings.cache_clear()
+    init_db()
+    client = client_from_settings()
+    corpus = list({e.text: e for e in generate(2 * (args.labelled + args.pool) + 10, seed=11)}.values())
+    labelled, pool = corpus[: args.labelled], corpus[args.labelled : args.labelled + args.pool]
+    if len(pool) < args.pool:
+        raise SystemExit(f"the demo corpus gave {len(corpus)} distinct texts, fewer than asked")
+    ls_project_id = client.create_project(f"loop-latency-{home.name}", LABELS)
+    with session_scope() as session:
+        project = Project(name="loop", labels=LABELS, ls_project_id=ls_project_id, retrain_every=1)
+        session.add(project)
+        session.flush()
+        project_id = project.id
+        sync.import_examples(session, project, labelled)
+        sync.import_examples(session, project, [Example(e.text, []) for e in pool], client=client)
+
+    def detached(session, row):
+        if row is not None:
+            session.expunge(row)  # readable after the session commits and closes
+        return row
+
+    def job(kind: str, after: int = 0) -> Job | None:
+        with session_scope() as session:
+            statement = select(Job).where(Job.project_id == project_id, Job.kind == kind, Job.id > after).order_by(Job.id)
+            return detached(session, session.exec(statement).first())
+
+    def finished(kind: str, after: int = 0) -> Job | None:
+        found = job(kind, after)
+        if found is not None and found.status == JobStatus.failed:
+            raise RuntimeError(f"{kind} job {found.id} failed: {found.error}\n{log.read_text()[-3000:]}")
+        return found if found is not None and found.status == JobStatus.succeeded else None
+
+    def active() -> ModelVersion | None:
+        with session_scope() as session:
+            current = select(ModelVersion).where(ModelVersion.project_id == project_id, ModelVersion.status == ModelStatus.active)
+            return detached(session, session.exec(current).first())
+
+    def next_task_version() -> str | None:
+        """The model version of the prediction on the task Label Studio serves next (as the labelling UI asks)."""
+        task = client._json("GET", f"api/projects/{ls_project_id}/next")
+        predictions = task.get("predictions") or [] if isinstance(task, dict) else []
+        return predictions[0].get("model_version") if predictions else None
+
+    log = home / "worker.log"
+    worker_env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    with log.open("w") as output:
+        worker = subprocess.Popen([str(Path(sys.executable).parent / "nerloop"), "worker", "--queues", "gpu,cpu"], cwd=ROOT,
+                                  env=worker_env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    stops.append(lambda: stop_worker(worker))
+    wait_for("the worker", lambda: " ready." in log.read_text() or worker.poll() is not None, 180)
+    if worker.poll() is not None:
+        raise RuntimeError(f"the worker exited:\n{log.read_text()[-3000:]}")
+    # The first version: trained, scored and pushed before anything is timed.
+    with session_scope() as session:
+        job_queue.request(session, project_id, "train")
+    wait_for("the first training", lambda: finished("train"), args.timeout, every=0.5)
+    first_scoring = wait_for("the first scoring", lambda: job("score_pool"), 60)
+    wait_for("the first push", lambda: finished("score_pool"), args.timeout, every=0.5)
+    first = active()
+    last_train = job("train").id
+
+    # Timed: the annotation that triggers the next training.
+    with session_scope() as session:
+        in_training = (Task.project_id == project_id, Task.state == TaskState.pool, Task.is_dev.is_(False))  # dev tasks do not count
+        task = session.exec(select(Task).where(*in_training).order_by(Task.id)).first()
+        example = next(e for e in corpus if e.text == task.text)
+        sync.record_local_annotation(session, task, [list(s) for s in example.spans], annotator="bench")
+    started = time.perf_counter()
+    with session_scope() as session:
+        queued = job_queue.after_annotations_changed(session, session.get(Project, project_id))
+    if queued is None:
+        raise RuntimeError("the annotation did not queue a training (retrain_every is 1)")
+    marks: dict[str, float] = {}  # part → first time seen
+    train_job = None
+    while train_job is None or train_job.status not in (JobStatus.succeeded, JobStatus.failed):
+        train_job = job("train", last_train)
+        if train_job is not None and train_job.status == JobStatus.running:
+            stage = TRAINING_STAGES.get(train_job.progress.get("stage"), "training: registering")
+            marks.setdefault(stage, time.perf_counter())
+        if time.perf_counter() - started > args.timeout:
+            raise RuntimeError("the training did not finish in time")
+        time.sleep(0.1)
+    if train_job.status == JobStatus.failed:
+        raise RuntimeError(f"the training failed: {train_job.error}")
+    marks["trained"] = time.perf_counter()
+    if not train_job.progress.get("promoted"):
+        raise RuntimeError(f"the new version was not promoted ({train_job.progress.get('decision')}): nothing new reaches Label Studio")
+    wait_for("the scoring job", lambda: job("score_pool", first_scoring.id), 120)
+    version = active()
+    wait_for("the scoring to start", lambda: job("score_pool", first_scoring.id).status != JobStatus.queued, args.timeout)
+    marks["scoring"] = time.perf_counter()
+
+    def all_stored():
+        with session_scope() as session:
+            stored = select(func.count()).select_from(Prediction).where(Prediction.model_version_id == version.id)
+            return session.exec(stored).one() >= len(pool)
+
+    wait_for("the pool's predictions", all_stored, args.timeout)
+    marks["pushing"] = time.perf_counter()
+    wait_for("the push", lambda: finished("score_pool", first_scoring.id), args.timeout)
+    marks["pushed"] = time.perf_counter()
+    wait_for("Label Studio's next task to carry the new version", lambda: next_task_version() == version.name, args.timeout, every=0.2)
+    ended = time.perf_counter()
+
+    timeline = sorted([("queued for training", started), *marks.items()], key=lambda kv: kv[1])
+    parts: dict[str, float] = {}
+    for (name, at), (_, until) in zip(timeline, [*timeline[1:], ("end", ended)]):
+        label = {"trained": "queued for scoring", "scoring": "scoring (all pool predictions stored)",
+                 "pushing": "push to Label Studio", "pushed": "Label Studio serving it as the next task"}.get(name, name)
+        parts[label] = round(parts.get(label, 0.0) + until - at, 3)
+    total = ended - started
+    largest = max(parts, key=parts.get)
+    return {
+        "benchmark": "loop latency: the annotation that triggers a retraining → Label Studio's next task from the new version",
+        "command": ".venv/bin/python bench/loop_latency.py " + " ".join(sys.argv[1:]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cores": os.cpu_count(), "gpu": "none", "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()],
+                    "note": "shared with five other engineers' jobs: absolute seconds are noisy"},
+        "labelled": args.labelled,
+        "pool": len(pool),
+        "train_config": json.loads(args.train_config),
+        "first_version": first.name if first else None,
+        "new_version": version.name,
+        "seconds_total": round(total, 3),
+        "seconds_by_part": parts,
+        "largest_part": largest,
+        "export_and_check_seconds_in_the_worker": {k: version.metrics["onnx"][k] for k in ("export_seconds", "check_seconds")},
+        "onnx_check": version.metrics["onnx"],
+        "training_progress": train_job.progress,
+        "scoring_progress": job("score_pool", first_scoring.id).progress,
+        "target_seconds": 120,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    document = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    print(json.dumps({k: document[k] for k in ("seconds_total", "seconds_by_part", "largest_part")}, indent=2))
+    return document
+
+
+if __name__ == "__main__":
+    main()

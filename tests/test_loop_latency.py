@@ -1,0 +1,35 @@
+"""bench/loop_latency.py runs in the suite at tiny sizes (tiny encoder, a few tasks, a real Label Studio
+and a real worker), so the benchmark cannot rot; its JSON breaks the loop down into parts that add up."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from support import REPO, TINY_TRAIN
+
+
+@pytest.mark.integration
+def test_the_loop_latency_benchmark_runs_at_tiny_sizes(label_studio, tiny_encoder, tmp_path):
+    out = tmp_path / "loop_latency.json"
+    command = [sys.executable, str(REPO / "bench" / "loop_latency.py"), "--labelled", "30", "--pool", "40",
+               "--base-model", str(tiny_encoder), "--train-config", json.dumps({**TINY_TRAIN, "epochs": 3}),
+               "--label-studio-url", label_studio.url, "--label-studio-api-key", label_studio.token, "--timeout", "240", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    document = json.loads(out.read_text())
+    assert document["labelled"] == 30 and document["pool"] == 40
+    assert document["new_version"] != document["first_version"]
+    parts = document["seconds_by_part"]
+    # at these sizes a training stage can be shorter than the 0.2 s heartbeat that reports it, so only these are sure
+    assert {"queued for training", "scoring (all pool predictions stored)", "push to Label Studio",
+            "Label Studio serving it as the next task"} <= set(parts), parts
+    assert document["export_and_check_seconds_in_the_worker"]["export_seconds"] > 0
+    assert sum(parts.values()) == pytest.approx(document["seconds_total"], abs=0.05)
+    assert document["largest_part"] in parts and document["scoring_progress"]["scored"] == 40
+    assert document["training_progress"]["stage"] == "done"

@@ -1,0 +1,187 @@
+"""The one training path (``active_learning.recipe``), self-training's pseudo-labels and the stopping
+signal's arithmetic (``active_learning.stopping``)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlmodel import Session
+
+from active_learning import recipe, stopping
+from active_learning.recipe import PSEUDO_LABEL, RecipeInputs, SelfTraining, split_dev
+from active_learning.simulation import SimulationConfig, simulate
+from active_learning.spans import Example
+from active_learning.training import TrainConfig
+from service import sync
+from service.db import init_db
+from service.models import Project
+from service.settings import get_settings
+from support import TINY_TRAIN
+from tiny import LABELS, toy_corpus
+from workers.lifecycle import JobRun
+from workers.retrain import run_training, train_config
+
+# ---- the stopping signal against hand-computed values ---------------------------------------------
+
+
+def test_cohen_kappa_by_hand():
+    # observed 4/5 = 0.8; expected (3*2 + 1*2 + 1*1) / 25 = 0.36; kappa (0.8 - 0.36) / 0.64
+    assert stopping.cohen_kappa(list("OOBIO"), list("OBBIO")) == pytest.approx(0.6875)
+    assert stopping.cohen_kappa(list("OOBI"), list("OOBI")) == 1.0
+    assert stopping.cohen_kappa(list("OOOO"), list("OOOO")) == 1.0  # one label only: agreement by construction
+    # observed 0; expected (2*2 + 2*2) / 16 = 0.5; kappa -1
+    assert stopping.cohen_kappa(list("OOBB"), list("BBOO")) == pytest.approx(-1.0)
+    with pytest.raises(ValueError):
+        stopping.cohen_kappa(["O"], ["O", "O"])
+
+
+def test_f1_slope_per_1k_tokens_by_hand():
+    # x = 1, 2, 3 (thousands); y = 0.5, 0.6, 0.8: sxy = (-1)(-0.1333) + 0 + (1)(0.1667) = 0.3, sxx = 2
+    assert stopping.f1_slope_per_1k_tokens([1000, 2000, 3000], [0.5, 0.6, 0.8]) == pytest.approx(0.15)
+    assert stopping.f1_slope_per_1k_tokens([1000], [0.5]) is None
+
+
+def test_stop_signal_fires_after_k_stable_versions_in_a_row():
+    tokens = [1000, 2000, 3000, 4000, 5000, 6000]
+    f1 = [0.5, 0.6, 0.7, 0.72, 0.73, 0.735]
+    kappas = [None, 0.995, 0.98, 0.991, 0.992, 0.999]
+    signal = stopping.stop_signal(kappas, tokens, f1, threshold=0.99, window=3)
+    assert (signal.kappa, signal.stable_versions, signal.fired) == (0.999, 3, True)
+    # last 4 versions: x = 3..6 (mean 4.5), y mean 0.72125: sxy = 1.5*0.02125 + 0.5*0.00125 + 0.5*0.00875 + 1.5*0.01375 = 0.0575, sxx 5
+    assert signal.f1_slope_per_1k_tokens == pytest.approx(0.0115)
+    assert signal.advice.startswith("you can stop")
+    early = stopping.stop_signal(kappas[:5], tokens[:5], f1[:5], threshold=0.99, window=3)
+    assert (early.stable_versions, early.fired) == (2, False) and early.advice.startswith("keep going")
+    first = stopping.stop_signal([None], [1000], [0.5])
+    assert (first.kappa, first.fired, first.f1_slope_per_1k_tokens) == (None, False, None)
+
+
+def test_stop_set_is_hash_chosen_fixed_and_apart_from_the_dev_rule():
+    digests = [recipe.content_hash(f"text {i}") for i in range(2000)]
+    chosen = stopping.stop_set(digests, share=0.1, limit=10_000)
+    assert 150 < len(chosen) < 250 and chosen == stopping.stop_set(list(digests), share=0.1, limit=10_000)
+    assert stopping.stop_set(digests, share=0.1, limit=50) == chosen[:50]  # the lowest hash values: fixed as the corpus grows
+    dev_share = sum(recipe.is_dev(digests[i], 0.2) for i in chosen) / len(chosen)
+    assert 0.1 < dev_share < 0.3  # independent digits: the stop set is not skewed towards or away from dev
+
+
+# ---- the dev rule and pseudo-labels -----------------------------------------------------------------
+
+
+def test_the_service_uses_the_core_dev_rule():
+    assert sync.is_dev is recipe.is_dev and sync.content_hash is recipe.content_hash
+    examples = toy_corpus(200, seed=3)
+    train, dev = split_dev(examples, 0.25)
+    assert {e.text for e in dev} == {e.text for e in examples if sync.is_dev(sync.content_hash(e.text), 0.25)}
+    assert len(train) + len(dev) == len(examples)
+
+
+def test_pseudo_labels_keep_confident_texts_with_their_weight(trained_model):
+    from active_learning.tagger import Tagger
+
+    tagger = Tagger.load(str(trained_model))
+    texts = [e.text for e in toy_corpus(30, seed=9)]
+    predictions = tagger.predict(texts)
+    confidences = recipe.task_confidences(predictions)
+    threshold = float(sorted(confidences)[15])
+    pseudo = recipe.pseudo_labels(texts, predictions, SelfTraining(True, threshold, 0.3))
+    assert len(pseudo) == int((confidences >= threshold).sum()) and 0 < len(pseudo) < len(texts)
+    assert all(e.meta == {PSEUDO_LABEL: True, "weight": 0.3} for e in pseudo)
+    by_text = dict(zip(texts, predictions))
+    assert all(list(e.spans) == by_text[e.text].entity_spans for e in pseudo)
+    with pytest.raises(ValueError, match="threshold"):
+        SelfTraining(True, 0.0, 0.5)
+
+
+def test_the_recipe_refuses_a_pseudo_labelled_dev_example(tiny_encoder):
+    gold = toy_corpus(5, seed=1)
+    pseudo_dev = Example(gold[0].text, list(gold[0].spans), {PSEUDO_LABEL: True, "weight": 0.5})
+    with pytest.raises(ValueError, match="gold only"):
+        recipe.run_recipe(RecipeInputs(str(tiny_encoder), list(LABELS), gold[1:], [pseudo_dev], TrainConfig(**TINY_TRAIN)), None)
+
+
+def record_recipe_calls(monkeypatch, stop_after_first: bool = False) -> list[tuple[RecipeInputs, object]]:
+    calls = []
+    real = recipe.run_recipe
+
+    class Recorded(Exception):
+        pass
+
+    def spy(inputs, active_predict, *args, **kwargs):
+        calls.append((inputs, active_predict))
+        if stop_after_first:
+            raise Recorded
+        return real(inputs, active_predict, *args, **kwargs)
+
+    monkeypatch.setattr(recipe, "run_recipe", spy)
+    spy.Recorded = Recorded
+    return calls
+
+
+@pytest.mark.slow
+def test_pseudo_labels_join_training_but_never_the_dev_set(tiny_encoder, monkeypatch):
+    calls = record_recipe_calls(monkeypatch)
+    pool, test = toy_corpus(80, seed=1), toy_corpus(20, seed=2)
+    config = SimulationConfig(
+        strategies=["mnlp+self_training"], seed_size=30, batch=10, rounds=2, base_model=str(tiny_encoder), full_pool=False,
+        dev_share=0.25, self_training=SelfTraining(True, threshold=0.5, weight=0.5), train=TrainConfig(**TINY_TRAIN),
+    )
+    document = simulate(pool, test, LABELS, config)
+    gold = {e.text for e in pool}
+    assert len(calls) == 3 and not calls[0][0].pseudo  # round 0: no model yet to pseudo-label with
+    assert any(inputs.pseudo for inputs, _ in calls[1:])
+    for inputs, _ in calls:
+        assert inputs.dev and all(not e.meta.get(PSEUDO_LABEL) for e in inputs.dev)
+        assert all(e.meta[PSEUDO_LABEL] for e in inputs.pseudo)
+        assert not {e.text for e in inputs.dev} & {e.text for e in inputs.pseudo}
+        assert not {e.text for e in inputs.train} & {e.text for e in inputs.pseudo}  # pseudo-labels only for unlabelled texts
+        assert {e.text for e in inputs.dev} <= gold
+    assert [r["pseudo_labelled"] for r in document["rounds"]] == [len(inputs.pseudo) for inputs, _ in calls]
+
+
+# ---- one training path --------------------------------------------------------------------------------
+
+
+def canonical(examples) -> list:
+    return sorted((e.text, tuple(tuple(s) for s in e.spans)) for e in examples)
+
+
+def test_the_simulation_and_the_train_job_run_the_same_recipe(tiny_encoder, tmp_path, monkeypatch):
+    """For the same labelled set, both call ``recipe.run_recipe`` with the same start, configuration,
+    train/dev split, no active model to compare with, and so the same promotion rule (``recipe.decide``)."""
+    monkeypatch.setenv("NERLOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NERLOOP_DATABASE_URL", f"sqlite:///{tmp_path / 'nerloop.db'}")
+    monkeypatch.setenv("NERLOOP_BASE_MODEL", str(tiny_encoder))
+    monkeypatch.setenv("NERLOOP_TRAIN_CONFIG", '{"epochs": 3, "min_steps": 0, "learning_rate": 0.003}')
+    get_settings.cache_clear()
+    try:
+        labelled = toy_corpus(40, seed=5)
+        engine = init_db(get_settings().database_url)
+        with Session(engine) as session:
+            project = Project(name="one-path", labels=list(LABELS))
+            session.add(project)
+            session.flush()
+            sync.import_examples(session, project, labelled)
+            session.commit()
+            project_id = project.id
+
+        calls = record_recipe_calls(monkeypatch, stop_after_first=True)
+        with pytest.raises(recipe.run_recipe.Recorded):
+            run_training(project_id, JobRun(0, "one-path"), train_config())
+        with pytest.raises(recipe.run_recipe.Recorded):
+            config = SimulationConfig(
+                strategies=["mnlp"], seed_size=len(labelled), rounds=0, base_model=str(tiny_encoder), full_pool=False,
+                dev_share=get_settings().dev_share, train=train_config(),
+            )
+            simulate(labelled, labelled[:5], LABELS, config)
+    finally:
+        get_settings.cache_clear()
+
+    (job, job_active), (simulated, simulated_active) = calls
+    assert job.base == simulated.base == str(tiny_encoder)  # fresh start: nothing active yet
+    assert job.config == simulated.config
+    assert job.labels == simulated.labels
+    assert canonical(job.dev) == canonical(simulated.dev) and job.dev
+    assert canonical(job.train) == canonical(simulated.train)
+    assert job.pseudo == simulated.pseudo == []
+    assert job_active is None and simulated_active is None
+
