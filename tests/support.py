@@ -128,11 +128,13 @@ def empty_database(url: str) -> None:
 def make_settings(tmp_path: Path, **overrides):
     from service.settings import Settings
 
-    return Settings(_env_file=None, home=tmp_path / "home", database_url=f"sqlite:///{tmp_path / 'nerloop.db'}", **overrides)
+    defaults = {"home": tmp_path / "home", "database_url": f"sqlite:///{tmp_path / 'nerloop.db'}"}
+    return Settings(_env_file=None, **{**defaults, **overrides})
 
 
 def make_client(tmp_path: Path, **overrides):
-    """A TestClient of the app with a home and a SQLite database of its own under ``tmp_path``."""
+    """A TestClient of the app with a home and (unless ``database_url`` is given) a SQLite database
+    of its own under ``tmp_path``."""
     from fastapi.testclient import TestClient
 
     from service.api import create_app

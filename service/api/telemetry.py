@@ -18,6 +18,7 @@ from prometheus_client.utils import floatToGoString
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
+from starlette.routing import compile_path
 
 from ..models import Annotation, Job, ModelStatus, ModelVersion, Task
 
@@ -160,11 +161,22 @@ def route_template(scope) -> str:
     path has in front of that part.
     """
     route = scope.get("route")
-    if route is None:
-        return "unmatched"
+    if route is None:  # refused before routing (the request guard): count it under the route it asked for
+        return _template_matching(scope) or "unmatched"
     own_part = route.path_format.format(**scope.get("path_params", {}))
     prefix = scope["path"].removesuffix(own_part) if scope["path"].endswith(own_part) else ""
     return prefix + route.path_format
+
+
+def _template_matching(scope) -> str | None:
+    """The documented path template that ``scope``'s path matches (the app's OpenAPI paths)."""
+    app = scope.get("app")
+    if app is None or not hasattr(app, "openapi"):
+        return None
+    for template in app.openapi()["paths"]:
+        if compile_path(template)[0].match(scope["path"]):
+            return template
+    return None
 
 
 def registry_for(engine: Engine) -> CollectorRegistry:
