@@ -65,11 +65,24 @@ LONG_TRAIN = {"epochs": 100000, "min_steps": 0, "patience": 100000}
 
 @dataclass
 class LabelStudioRecorder:
-    """Answers the two calls of a prediction push (bulk import, project update) and keeps them."""
+    """Answers the calls of a prediction push (bulk import, project update, listing and deleting the
+    superseded prediction versions) and keeps them."""
 
     url: str
     imports: list = field(default_factory=list)  # (ls_project_id, [prediction, ...]) per request
     updates: list = field(default_factory=list)  # (ls_project_id, body)
+    deletions: list = field(default_factory=list)  # (ls_project_id, model_version)
+
+    def versions(self, project_id: int) -> dict[str, int]:
+        """Prediction counts per model version, newest first, as Label Studio lists them."""
+        counts: dict[str, int] = {}
+        for project, predictions in reversed(self.imports):
+            if project == project_id:
+                for prediction in predictions:
+                    version = prediction.get("model_version")
+                    if (project, version) not in self.deletions:
+                        counts[version] = counts.get(version, 0) + 1
+        return counts
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +93,7 @@ def label_studio_recorder():
     class Handler(BaseHTTPRequestHandler):
         def _answer(self, body: dict) -> None:
             data = json.dumps(body).encode()
-            self.send_response(200 if self.command == "PATCH" else 201)
+            self.send_response(201 if self.command == "POST" else 200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -99,6 +112,15 @@ def label_studio_recorder():
             project_id = int(self.path.strip("/").split("/")[2])
             recorder.updates.append((project_id, self._body()))
             self._answer({"id": project_id})
+
+        def do_GET(self):  # api/projects/<id>/model-versions/
+            self._answer(recorder.versions(int(self.path.strip("/").split("/")[2])))
+
+        def do_DELETE(self):  # api/projects/<id>/model-versions/ {"model_version": ...}
+            project_id, version = int(self.path.strip("/").split("/")[2]), self._body()["model_version"]
+            deleted = recorder.versions(project_id).get(version, 0)
+            recorder.deletions.append((project_id, version))
+            self._answer({"deleted_predictions": deleted})
 
         def log_message(self, *args):
             pass
