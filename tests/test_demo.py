@@ -24,7 +24,8 @@ def nerloop(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 def test_demo_runs_the_loop_through_the_service(tmp_path, tiny_encoder):
     out = tmp_path / "demo"
     done = nerloop(
-        "demo", "--pool-size", "80", "--test-size", "30", "--batch", "12", "--rounds", "1",
+        # More test sentences than one /predict request takes (MAX_TEXTS, 64): the demo must send them in chunks.
+        "demo", "--pool-size", "80", "--test-size", "70", "--batch", "12", "--rounds", "1",
         "--base-model", str(tiny_encoder), "--train-config", json.dumps(TINY_TRAIN), "--out", str(out),
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

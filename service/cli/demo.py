@@ -42,6 +42,7 @@ from rich.table import Table
 
 from active_learning.corpus import word_offsets
 from active_learning.spans import Example, Span
+from service.schemas import MAX_TEXTS
 
 from .common import Epochs, MinSteps, Strategy, console, fail, progress_bar
 from .corpus import CORPUS_HELP, labels_of, load_pool_and_test
@@ -53,7 +54,7 @@ REPO = Path(__file__).resolve().parents[2]
 # The demo's API listens on loopback only and nobody else's data is in it: no API token
 # (`nerloop serve` refuses to start without one unless told --insecure).
 INSECURE_ON_LOOPBACK = ["--insecure"]
-PREDICT_CHUNK = 256  # texts per /predict request (the API's limit)
+PREDICT_CHUNK = MAX_TEXTS  # texts per /predict request: the API's limit
 
 
 @dataclass
