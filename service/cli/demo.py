@@ -454,7 +454,7 @@ def demo(
     except (RuntimeError, TimeoutError, httpx.HTTPError) as error:
         fail(str(error))
     if not keep:
-        console.print(f"dashboard: NERLOOP_HOME={home} .venv/bin/nerloop serve, then http://127.0.0.1:8000/dashboard")
+        console.print(f"dashboard: NERLOOP_HOME={home} .venv/bin/nerloop serve --insecure (loopback only), then http://127.0.0.1:8000/dashboard")
 
 
 def follow_loop(stack: Stack, api: httpx.Client, project_id: int, desk, tasks: int, pool, test_set, config: DemoConfig) -> list[Point]:
