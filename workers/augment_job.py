@@ -11,7 +11,7 @@ from __future__ import annotations
 from augment import run as augment
 from service import augmented_examples, sync
 from service.db import session_scope
-from service.models import Project
+from service.operations import projects
 
 from .lifecycle import JobRun
 
@@ -19,9 +19,7 @@ from .lifecycle import JobRun
 def run_augmentation(project_id: int, run: JobRun, method: str, n: int, seed: int, params: dict) -> dict:
     run.update(stage="loading", method=method)
     with session_scope() as session:
-        project = session.get(Project, project_id)
-        if project is None:
-            raise LookupError(f"project {project_id} does not exist")
+        project = projects.get(session, project_id)
         train, dev = sync.accepted_examples(session, project)
     if not train:
         raise ValueError(f"project {project_id} has no labelled training tasks to augment")

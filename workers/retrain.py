@@ -28,6 +28,7 @@ from service import job_queue
 from service.augmented_examples import training_examples
 from service.db import session_scope
 from service.models import Annotation, ModelStatus, ModelVersion, Project, Task, TaskState
+from service.operations import projects
 from service.predictor import predict_with
 from service.settings import get_settings
 from service.versions import activate, active_version
@@ -90,9 +91,7 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
     directory = store.project_dir(settings.model_store, project_id)
     run.update(stage="loading")
     with session_scope() as session:
-        project = session.get(Project, project_id)
-        if project is None:
-            raise LookupError(f"project {project_id} does not exist")
+        project = projects.get(session, project_id)
         labels = list(project.labels)
         train_set, dev_set, augmented = training_examples(session, project)
         real = len(train_set) - augmented

@@ -16,7 +16,7 @@ from active_learning.tagger import default_base_model
 from service.db import session_scope
 from service.label_studio import client_from_settings
 from service.models import Project
-from service.operations import review
+from service.operations import projects, review
 from service.settings import get_settings
 from service.versions import active_version
 
@@ -29,9 +29,7 @@ def run_review(project_id: int, run: JobRun, folds: int = DEFAULT_FOLDS, config:
     base = settings.base_model or default_base_model()
     run.update(stage="loading")
     with session_scope() as session:
-        project = session.get(Project, project_id)
-        if project is None:
-            raise LookupError(f"project {project_id} does not exist")
+        project = projects.get(session, project_id)
         labels = list(project.labels)
         judged = review.labelled_set(session, project_id)
         confirmed = review.confirmations(session, project_id)

@@ -35,6 +35,7 @@ from service.db import session_scope
 from service.job_queue import after_annotations_changed
 from service.label_studio import LabelStudioError, client_from_settings
 from service.models import Project
+from service.operations import projects
 from service.settings import get_settings
 
 from . import scoring
@@ -116,9 +117,7 @@ def sync(run: JobRun, project_id: int) -> dict:
     run.update(stage="pulling")
     client = client_from_settings()
     with session_scope() as session:
-        project = session.get(Project, project_id)
-        if project is None:
-            raise LookupError(f"project {project_id} does not exist")
+        project = projects.get(session, project_id)
         if client is None:
             raise annotation_sync.SyncError("no Label Studio API key is set (NERLOOP_LABEL_STUDIO_API_KEY)")
         changed = annotation_sync.pull(session, project, client)
