@@ -127,7 +127,7 @@ from sqlmodel import select  # noqa: E402
 
 from active_learning.corpus import read_conll  # noqa: E402
 from active_learning.spans import Example  # noqa: E402
-from active_learning.tagger import Tagger  # noqa: E402
+from active_learning.tagger import PREDICT_BATCH_SIZE, Tagger  # noqa: E402
 
 # ---- the deployment ---------------------------------------------------------------------------------
 
@@ -353,7 +353,7 @@ def profile_run(group: WorkerGroup, py_spy: Path, project_id: int, model_dir: Pa
 # ---- the in-process baselines -----------------------------------------------------------------------
 
 
-def worker_batches(tagger: Tagger, texts: list[str], shard_size: int, batch_size: int = 64) -> list[dict]:
+def worker_batches(tagger: Tagger, texts: list[str], shard_size: int, batch_size: int = PREDICT_BATCH_SIZE) -> list[dict]:
     """The model inputs the workers build: per shard, windows sorted by length, ``batch_size`` a batch."""
     batches = []
     for first in range(0, len(texts), shard_size):
@@ -399,6 +399,8 @@ def version_directories(tagger: Tagger, model_dir: Path, gold: list[Example]) ->
     export(tagger, onnx_int8)
     export_seconds = time.perf_counter() - started
     result = check(tagger, onnx_int8, gold)
+    if not result.passed:  # the ONNX groups would quietly score with PyTorch (use_onnx): no comparison left
+        raise RuntimeError(f"the int8 check failed, so no worker would serve with ONNX Runtime: {result.reason}")
     onnx_fp32 = HOME / "onnx-fp32"
     shutil.copytree(onnx_int8, onnx_fp32)
     shutil.copy(onnx_int8 / ONNX_FILE, onnx_fp32 / INT8_FILE)

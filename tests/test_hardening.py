@@ -4,11 +4,13 @@ and a schemathesis run against a real `nerloop serve` (the OpenAPI schema says w
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -55,6 +57,12 @@ def test_an_unauthenticated_body_is_refused_before_it_is_read(secured):
     assert len(read) <= 1  # the client may pull the first chunk before the answer; the other 63 MiB never
     webhook = secured.post(f"{API}/webhooks/label-studio", content=b"{" * 100_000, headers={"Content-Type": "application/json"})
     assert webhook.status_code == 401 and fields(webhook) == ["header.X-Nerloop-Secret"]
+    read.clear()
+    ml = secured.post("/ml/predict", content=body(), headers={"Content-Type": "application/json", "Authorization": "Basic bm9ib2R5"})
+    assert ml.status_code == 401 and fields(ml) == ["header.Authorization"]
+    assert len(read) <= 1
+    allowed = secured.post("/ml/predict", json={"tasks": [{"data": {"text": "fine"}}]}, headers=AUTH)
+    assert allowed.status_code == 200, allowed.text
 
 
 def test_bodies_over_the_limit_get_413_declared_or_streamed(tmp_path):
@@ -121,6 +129,61 @@ def test_a_busy_model_answers_503_not_a_hang(secured, trained_model, monkeypatch
         busy = secured.post(f"{API}/projects/{project.id}/predict", json={"texts": ["alice met bob"]}, headers=AUTH)
     assert busy.status_code == 503 and "busy" in busy.json()["detail"][0]["message"]
     assert secured.post(f"{API}/projects/{project.id}/predict", json={"texts": ["alice met bob"]}, headers=AUTH).status_code == 200
+
+
+def _largest_task_import() -> bytes:
+    """A JSON import just under the 2 MiB default limit, as costly to validate as it allows: the most
+    tasks per request, each with as many one-word spans as fit."""
+    text = "Alice " * 85
+    spans = [[6 * i, 6 * i + 5, "PER"] for i in range(85)]
+    tasks = [{"text": f"{i} {text}", "spans": [[a + len(f"{i} "), b + len(f"{i} "), label] for a, b, label in spans]} for i in range(1000)]
+    body = json.dumps({"tasks": tasks}).encode()
+    assert 1.5 * 2**20 < len(body) <= 2 * 2**20, len(body)
+    return body
+
+
+@pytest.mark.integration
+def test_health_answers_within_a_second_while_the_largest_requests_run(tmp_path, trained_model):
+    """The largest import body, the largest task file and the largest prediction, all at once: the
+    event loop stays free (parsing and validation are bounded by the size limits, the work runs in
+    the thread pool), so /health keeps answering."""
+    from service.db import get_engine
+    from service.models import ModelVersion
+    from service.operations.tasks import MAX_UPLOAD_BYTES
+    from service.schemas import MAX_PREDICT_CHARACTERS
+
+    settings = make_settings(tmp_path)
+    env = {**os.environ, "NERLOOP_HOME": str(settings.home), "NERLOOP_DATABASE_URL": settings.database_url,
+           "NERLOOP_API_TOKEN": TOKEN, "NERLOOP_WEBHOOK_SECRET": SECRET}
+    line = b'{"text": "Bob went to Paris %d", "spans": [[0, 3, "PER"], [12, 17, "LOC"]]}\n'
+    upload = b"".join(line % i for i in range(MAX_UPLOAD_BYTES // len(line % 10**6)))
+    assert MAX_UPLOAD_BYTES * 0.9 < len(upload) <= MAX_UPLOAD_BYTES
+    words = "alice met bob in paris "
+    texts = [words * (MAX_PREDICT_CHARACTERS // 64 // len(words))] * 64
+    with nerloop_serve(env, tmp_path / "serve.log") as base, httpx.Client(base_url=base, headers=AUTH, timeout=300) as http:
+        for name in ("imports", "uploads", "predicts"):
+            created = http.post(f"{API}/projects", json={"name": name, "labels": ["PER", "LOC"], "create_in_label_studio": False})
+            assert created.status_code == 201, created.text
+        with Session(get_engine(settings.database_url)) as session:
+            session.add(ModelVersion(project_id=3, name="v1", path=str(trained_model), status=ModelStatus.active))
+            session.commit()
+        heavy = [
+            lambda: http.post(f"{API}/projects/1/tasks", content=_largest_task_import(), headers={"Content-Type": "application/json"}),
+            lambda: http.post(f"{API}/projects/2/tasks/upload", files={"file": ("big.jsonl", upload)}),
+            lambda: http.post(f"{API}/projects/3/predict", json={"texts": texts}),
+        ]
+        latencies = []
+        with ThreadPoolExecutor(len(heavy)) as pool, httpx.Client(base_url=base, timeout=5) as probe:
+            running = [pool.submit(request) for request in heavy]
+            while not all(f.done() for f in running):
+                started = time.perf_counter()
+                assert probe.get(f"{API}/health").status_code == 200
+                latencies.append(time.perf_counter() - started)
+                time.sleep(0.05)
+            answers = [f.result() for f in running]
+    assert [a.status_code for a in answers] == [201, 201, 200], [a.text[:300] for a in answers]
+    assert len(latencies) >= 5  # the probe ran while the heavy requests did
+    assert max(latencies) < 1.0, sorted(latencies)[-5:]
 
 
 # ---- 3: task meta is validated at every entrance --------------------------------------------------

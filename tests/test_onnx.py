@@ -2,7 +2,7 @@
 serving with it, the fallback to PyTorch, and ``NERLOOP_INFERENCE``'s three values.
 
 Tolerances on word marginals (probabilities in [0, 1]): fp32 ONNX within 1e-5 of PyTorch (the same
-arithmetic, reordered), int8 within 0.02 (weights rounded to 1/127 of each tensor's range; measured
+arithmetic, reordered), int8 within 0.02 (weights rounded to 1/63 of each output channel's range; measured
 about 1e-3 on the tiny model); spans must be exactly PyTorch's.
 """
 

@@ -1,16 +1,19 @@
-"""What is checked before a request's body is read: credentials for /api/v1, and the body's size.
+"""What is checked before a request's body is read: credentials (/api/v1, /ml), and the body's size.
 
 FastAPI reads and parses a body before it resolves a route's dependencies, so a dependency alone
 would let an unauthenticated client make the server parse megabytes before its 401. This ASGI
 middleware answers 401 from the headers alone, and refuses bodies over the limit with 413: at once
 when ``Content-Length`` says so, or as soon as the bytes streamed in pass it (chunked bodies). The
-routes keep their dependencies (``require_token``, ``require_webhook_secret``), which the OpenAPI
+routes keep their dependencies (``require_token``, ``require_webhook_secret``, ``require_ml_auth``), which the OpenAPI
 schema shows; both ask the same functions.
 """
 
 from __future__ import annotations
 
-from fastapi.security import HTTPAuthorizationCredentials
+import base64
+import binascii
+
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBasicCredentials
 from fastapi.security.utils import get_authorization_scheme_param
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -19,7 +22,7 @@ from starlette.responses import JSONResponse
 from ..label_studio import WEBHOOK_SECRET_HEADER
 from ..operations.tasks import MAX_UPLOAD_BYTES
 from ..settings import Settings
-from .deps import require_token, require_webhook_secret
+from .deps import require_ml_auth, require_token, require_webhook_secret
 from .errors import Unauthorized
 
 MULTIPART_OVERHEAD = 1024 * 1024  # an upload's form fields and part headers around the file
@@ -33,7 +36,7 @@ def _error(status_code: int, field: str | None, message: str, headers: dict | No
 
 
 class RequestGuard:
-    """ASGI middleware: 401 before the body for /api/v1 (the webhook's secret for its path), 413 for
+    """ASGI middleware: 401 before the body for /api/v1 (the webhook's secret for its path) and /ml, 413 for
     bodies over ``settings.max_request_bytes`` (task file uploads: ``MAX_UPLOAD_BYTES``)."""
 
     def __init__(self, app, settings: Settings):
@@ -70,9 +73,9 @@ class RequestGuard:
             if path.startswith(WEBHOOK_PATHS):
                 require_webhook_secret(self.settings, headers.get(WEBHOOK_SECRET_HEADER))
             elif path.startswith(TOKEN_PATHS):
-                scheme, credentials = get_authorization_scheme_param(headers.get("authorization"))
-                given = credentials if scheme.lower() == "bearer" and credentials else None
-                require_token(self.settings, None if given is None else HTTPAuthorizationCredentials(scheme=scheme, credentials=given))
+                require_token(self.settings, bearer(headers))
+            elif path == "/ml" or path.startswith("/ml/"):
+                require_ml_auth(self.settings, bearer(headers), basic(headers))
         except Unauthorized as error:
             return _error(401, error.field, error.message, error.headers)
         return None
@@ -92,3 +95,21 @@ class RequestGuard:
         if int(declared) > limit:
             return _error(413, "body", f"request body of {declared} bytes is larger than the limit of {limit} bytes")
         return None
+
+
+def bearer(headers: Headers) -> HTTPAuthorizationCredentials | None:
+    """``Authorization: Bearer <token>``, as FastAPI's ``HTTPBearer`` reads it."""
+    scheme, credentials = get_authorization_scheme_param(headers.get("authorization"))
+    return HTTPAuthorizationCredentials(scheme=scheme, credentials=credentials) if scheme.lower() == "bearer" and credentials else None
+
+
+def basic(headers: Headers) -> HTTPBasicCredentials | None:
+    """``Authorization: Basic <base64 user:password>``, as FastAPI's ``HTTPBasic`` reads it; None if malformed."""
+    scheme, credentials = get_authorization_scheme_param(headers.get("authorization"))
+    if scheme.lower() != "basic" or not credentials:
+        return None
+    try:
+        user, separator, password = base64.b64decode(credentials, validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return HTTPBasicCredentials(username=user, password=password) if separator else None
