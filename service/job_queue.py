@@ -30,11 +30,6 @@ class EnqueueError(RuntimeError):
     when the broker answers again (the beat's sweep, or the next request of its kind)."""
 
 
-# The key of ``Job.progress`` that keeps a job's task arguments (besides its ids), so that the sweep
-# can send a pending job, or a lost worker's one, again. Kept across attempts (``workers.lifecycle``).
-ARGUMENTS = "arguments"
-
-
 def lock_project(session: Session, project_id: int) -> None:
     """Serialise job bookkeeping of one project until the session's transaction ends."""
     session.exec(
@@ -72,7 +67,7 @@ def request(
                 except EnqueueError:
                     pass  # the first message may still be there; send() logged why
             return waiting
-    job = Job(project_id=project_id, kind=kind, celery_id=str(uuid.uuid4()), progress={ARGUMENTS: task_kwargs} if task_kwargs else {})
+    job = Job(project_id=project_id, kind=kind, celery_id=str(uuid.uuid4()), arguments=task_kwargs)
     session.add(job)
     session.commit()
     session.refresh(job)
@@ -84,7 +79,7 @@ def send(session: Session, job: Job, settings: Settings | None = None) -> None:
     """Send ``job``'s task to the broker and record when (``sent_at``); when the broker does not take
     it, record why in ``error`` and raise ``EnqueueError``: the job stays queued, pending. Commits."""
     name = job_task(job.kind)
-    arguments = {"project_id": job.project_id, **job.progress.get(ARGUMENTS, {})}
+    arguments = {"project_id": job.project_id, **job.arguments}
     try:
         enqueue(name, settings=settings, task_id=job.celery_id, job_id=job.id, **arguments)
     except Exception as error:  # any broker or connection error

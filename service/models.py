@@ -151,6 +151,9 @@ class Job(JobBase, table=True):
     sent_at: datetime | None = None  # when its message was sent again
     waiting_for: int | None = None  # the project's running job it waits behind
     waiting_at: datetime | None = None  # when a worker last found it had to wait
+    # Its task's arguments besides the ids (an augmentation's method and parameters, ...), so a pending
+    # job, or a lost worker's, can be sent again as it was first asked for.
+    arguments: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}"))
 
 
 class AugmentedExample(SQLModel, table=True):

@@ -92,6 +92,31 @@ def test_downgrade_to_base_then_upgrade_again(url):
     assert schema_diff(url) == []
 
 
+def test_job_arguments_move_out_of_progress_and_back(url):
+    """0006: a queued job's task arguments, kept in progress["arguments"] until 0005, become the
+    ``arguments`` column, so the sweep still sends the job as it was asked for; downgrading keeps them."""
+    import sqlalchemy as sa
+
+    config = alembic_config(url)
+    command.upgrade(config, "0005")
+    old_job = sa.table("job", *(sa.column(c) for c in ("project_id", "kind", "status", "attempt")),
+                       sa.column("progress", sa.JSON), sa.column("created_at", sa.DateTime))
+    engine = get_engine(url)
+    with engine.begin() as connection:
+        connection.execute(Project.__table__.insert().values(name="p", labels=[]))
+        for progress in ({"arguments": {"method": "swap", "count": 2}, "stage": "x"}, {}):
+            connection.execute(old_job.insert().values(project_id=1, kind="augment", status="queued", attempt=0,
+                                                       progress=progress, created_at=datetime.now(UTC)))
+    command.upgrade(config, "head")
+    with session_scope(url) as session:
+        jobs = session.exec(select(Job).order_by(Job.id)).all()
+        assert [(j.arguments, j.progress) for j in jobs] == [({"method": "swap", "count": 2}, {"stage": "x"}), ({}, {})]
+    command.downgrade(config, "0005")
+    with engine.connect() as connection:
+        progress = connection.execute(sa.select(old_job.c.progress)).scalars().all()
+    assert sorted(progress, key=len) == [{}, {"stage": "x", "arguments": {"method": "swap", "count": 2}}]
+
+
 def test_every_table_round_trips(url):
     init_db(url)
     pulled = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)

@@ -38,7 +38,7 @@ from celery import Task
 from sqlmodel import Session, select
 
 from service.db import session_scope
-from service.job_queue import ARGUMENTS, EnqueueError, age, lock_project, mark_failed, send
+from service.job_queue import EnqueueError, age, lock_project, mark_failed, send
 from service.models import Job, JobStatus, utcnow
 from service.settings import get_settings
 
@@ -113,8 +113,7 @@ def claim(job_id: int, *, exclusive: bool = True) -> Claim:
         token = uuid.uuid4().hex
         job.status = JobStatus.running
         job.started_at, job.finished_at, job.error = utcnow(), None, None
-        # What an earlier attempt reported does not describe this one; the task's arguments stay.
-        job.progress = {key: value for key, value in job.progress.items() if key == ARGUMENTS}
+        job.progress = {}  # what an earlier attempt reported does not describe this one
         job.attempt += 1
         job.owner_host, job.owner_pid, job.owner_token = socket.gethostname(), os.getpid(), token
         job.heartbeat_at = utcnow()
