@@ -112,8 +112,8 @@ def main() -> None:
     document = {
         "command": ".venv/bin/python bench/predict_latency.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": "2-core CPU, no GPU; server and client on the same machine, shared with five other engineers' jobs "
-                   "(load average below): absolute numbers are noisy, the side-by-side comparison is what counts",
+        "machine": "2-core CPU (AVX2, no VNNI), no GPU; server and client on the same machine; absolute numbers depend on what "
+                   "else it runs (load average below), the side-by-side comparison is what counts",
         "load_average_1_5_15_min": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
         "model": f"all-MiniLM-L6-v2 fine-tuned {args.train_steps} steps on the demo corpus",
         "onnx_check": onnx_check.as_dict(),

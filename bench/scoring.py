@@ -428,9 +428,18 @@ def machine() -> dict:
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "note": "shared with five other engineers' processes while measuring (see load_average_1_5_15_min): absolute rates are "
-                "noisy; the per-round ratios of methods run side by side are what count",
+        "int8_instructions": int8_instructions(cpuinfo),
+        "note": "absolute rates depend on what else the machine runs (load_average_1_5_15_min); the per-round ratios of "
+                "methods run side by side are what count",
     }
+
+
+def int8_instructions(cpuinfo: list[str]) -> str:
+    """Which int8 dot-product instructions the CPU has: without VNNI, ONNX Runtime's int8 MatMul runs on
+    AVX2's saturating 16-bit pairs and gains far less over float than on a VNNI CPU."""
+    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), []))
+    found = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return " ".join(found) or "none of avx2, avx512f, vnni, amx"
 
 
 def plot(document: dict, path: Path) -> None:
