@@ -12,9 +12,18 @@ from .job_queue import lock_project
 from .models import ModelStatus, ModelVersion
 
 
+def _active(project_id: int) -> tuple:
+    return ModelVersion.project_id == project_id, ModelVersion.status == ModelStatus.active
+
+
 def active_version(session: Session, project_id: int) -> ModelVersion | None:
-    statement = select(ModelVersion).where(ModelVersion.project_id == project_id, ModelVersion.status == ModelStatus.active)
-    return session.exec(statement).first()
+    return session.exec(select(ModelVersion).where(*_active(project_id))).first()
+
+
+def active_version_path(session: Session, project_id: int) -> tuple[int, str, str] | None:
+    """(id, name, path) of the active version: what serving needs, without loading its metrics."""
+    row = session.exec(select(ModelVersion.id, ModelVersion.name, ModelVersion.path).where(*_active(project_id))).first()
+    return None if row is None else tuple(row)
 
 
 def activate(session: Session, version: ModelVersion) -> ModelVersion | None:

@@ -83,7 +83,7 @@ def predict_tasks(
     model = None
     if project is not None:
         try:
-            model = predictor.active(project.id)
+            model = predictor.active(project.id, session)
         except ModelLoadError:
             logger.exception("project %s: the active model cannot be loaded; answering without predictions", project.id)
     version = model.name if model is not None else UNTRAINED
