@@ -4,7 +4,7 @@ project of the path, and the types of the ids in paths."""
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
@@ -21,22 +21,26 @@ from ..schemas import MAX_ID
 from ..settings import Settings
 from .errors import Unauthorized
 
+# The small dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool,
+# one hand-off per dependency per request, which cost more than the checks themselves (/ml/predict).
 
-def get_settings(request: Request) -> Settings:
+
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
-def get_session(engine: Annotated[Engine, Depends(get_engine)]) -> Iterator[Session]:
-    """A session per request; operations commit their own writes, anything unfinished is rolled back."""
+async def get_session(engine: Annotated[Engine, Depends(get_engine)]) -> AsyncIterator[Session]:
+    """A session per request; operations commit their own writes, anything unfinished is rolled back.
+    Creating one does not connect (the first query, in the route's thread, does)."""
     with Session(engine) as session:
         yield session
 
 
-def get_predictor(request: Request) -> Predictor:
+async def get_predictor(request: Request) -> Predictor:
     return request.app.state.predictor
 
 
@@ -66,7 +70,7 @@ def _same(given: str, expected: str) -> bool:
 _bearer = HTTPBearer(auto_error=False, description="NERLOOP_API_TOKEN; not required when the server has none set")
 
 
-def require_token(settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+def check_token(settings: Settings, credentials: HTTPAuthorizationCredentials | None) -> None:
     """``Authorization: Bearer <NERLOOP_API_TOKEN>`` when the server has a token configured."""
     if not settings.api_token:
         return
@@ -74,14 +78,14 @@ def require_token(settings: SettingsDep, credentials: Annotated[HTTPAuthorizatio
         raise Unauthorized("header.Authorization", "missing or wrong bearer token", "Bearer")
 
 
+async def require_token(settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    check_token(settings, credentials)
+
+
 _basic = HTTPBasic(auto_error=False, description="NERLOOP_ML_BASIC_AUTH_USER/_PASSWORD, as set in Label Studio's Connect Model")
 
 
-def require_ml_auth(
-    settings: SettingsDep,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    basic: Annotated[HTTPBasicCredentials | None, Depends(_basic)],
-) -> None:
+def check_ml_auth(settings: Settings, bearer: HTTPAuthorizationCredentials | None, basic: HTTPBasicCredentials | None) -> None:
     """/ml takes HTTP basic auth, which Label Studio's "Connect Model" sends (when a user is
     configured), or the API's bearer token (when one is set); with neither configured it is open
     (``nerloop serve --insecure``). /ml can queue trainings: it is no less protected than the API."""
@@ -97,14 +101,24 @@ def require_ml_auth(
     raise Unauthorized("header.Authorization", reason, challenge)
 
 
-def require_webhook_secret(
-    settings: SettingsDep, secret: Annotated[str | None, Header(alias=WEBHOOK_SECRET_HEADER)] = None
+async def require_ml_auth(
+    settings: SettingsDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    basic: Annotated[HTTPBasicCredentials | None, Depends(_basic)],
 ) -> None:
+    check_ml_auth(settings, bearer, basic)
+
+
+def check_webhook_secret(settings: Settings, secret: str | None) -> None:
     """The shared secret Label Studio sends with each webhook, when one is configured."""
     if not settings.webhook_secret:
         return
     if secret is None or not _same(secret, settings.webhook_secret):
         raise Unauthorized(f"header.{WEBHOOK_SECRET_HEADER}", "missing or wrong webhook secret")
+
+
+async def require_webhook_secret(settings: SettingsDep, secret: Annotated[str | None, Header(alias=WEBHOOK_SECRET_HEADER)] = None) -> None:
+    check_webhook_secret(settings, secret)
 
 
 def get_project(project_id: ProjectId, session: SessionDep) -> Project:

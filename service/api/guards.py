@@ -5,7 +5,7 @@ would let an unauthenticated client make the server parse megabytes before its 4
 middleware answers 401 from the headers alone, and refuses bodies over the limit with 413: at once
 when ``Content-Length`` says so, or as soon as the bytes streamed in pass it (chunked bodies). The
 routes keep their dependencies (``require_token``, ``require_webhook_secret``, ``require_ml_auth``), which the OpenAPI
-schema shows; both ask the same functions.
+schema shows; both ask the same functions (``check_*``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse
 from ..label_studio import WEBHOOK_SECRET_HEADER
 from ..operations.tasks import MAX_UPLOAD_BYTES
 from ..settings import Settings
-from .deps import require_ml_auth, require_token, require_webhook_secret
+from .deps import check_ml_auth, check_token, check_webhook_secret
 from .errors import Unauthorized
 
 MULTIPART_OVERHEAD = 1024 * 1024  # an upload's form fields and part headers around the file
@@ -71,11 +71,11 @@ class RequestGuard:
             if path.startswith(OPEN_PATHS):
                 return None
             if path.startswith(WEBHOOK_PATHS):
-                require_webhook_secret(self.settings, headers.get(WEBHOOK_SECRET_HEADER))
+                check_webhook_secret(self.settings, headers.get(WEBHOOK_SECRET_HEADER))
             elif path.startswith(TOKEN_PATHS):
-                require_token(self.settings, bearer(headers))
+                check_token(self.settings, bearer(headers))
             elif path == "/ml" or path.startswith("/ml/"):
-                require_ml_auth(self.settings, bearer(headers), basic(headers))
+                check_ml_auth(self.settings, bearer(headers), basic(headers))
         except Unauthorized as error:
             return _error(401, error.field, error.message, error.headers)
         return None
