@@ -11,7 +11,7 @@ from .. import logs
 from ..db import init_db
 from ..predictor import Predictor
 from ..settings import Settings, get_settings
-from .deps import require_token
+from .deps import JSON_BODIES, require_token
 from .errors import install_error_handlers
 from .guards import RequestGuard
 from .routes import annotations, dashboard, health, jobs, metrics, ml, models, predictions, projects, review, tasks, webhooks
@@ -70,4 +70,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ml.router, prefix=ML_PREFIX)
     app.include_router(dashboard.page)
     app.include_router(metrics.router)
+    app.openapi = with_json_bodies(app)
     return app
+
+
+def with_json_bodies(app: FastAPI):
+    """``app.openapi`` that also lists the models of bodies read with ``deps.json_body`` (FastAPI only
+    lists the models its routes declare) under components, where their routes' schemas point."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = generate()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in JSON_BODIES:
+                definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(definition.pop("$defs", {}))
+                components[model.__name__] = definition
+        return app.openapi_schema
+
+    return openapi

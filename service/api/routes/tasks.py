@@ -3,19 +3,25 @@ content), the next ones to label, and annotations made outside Label Studio."""
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 
 from ...operations import annotations, tasks
 from ...operations.tasks import MAX_UPLOAD_BYTES
 from ...schemas import AnnotationIn, AnnotationRead, ImportReport, NextTask, TaskFormat, TasksImport
-from ..deps import LabelStudioDep, ProjectDep, SessionDep, SettingsDep, TaskId
+from ..deps import LabelStudioDep, ProjectDep, SessionDep, SettingsDep, TaskId, json_body, json_body_schema
 from ..errors import ERROR_RESPONSES
 
 router = APIRouter(prefix="/projects/{project_id}/tasks", tags=["tasks"], responses=ERROR_RESPONSES)
 
 
-@router.post("", response_model=ImportReport, status_code=201)
-def import_tasks(body: TasksImport, project: ProjectDep, session: SessionDep, client: LabelStudioDep, settings: SettingsDep):
+@router.post("", response_model=ImportReport, status_code=201, openapi_extra=json_body_schema(TasksImport))
+def import_tasks(
+    body: Annotated[TasksImport, Depends(json_body(TasksImport))],
+    project: ProjectDep,
+    session: SessionDep,
+    client: LabelStudioDep,
+    settings: SettingsDep,
+):
     """Import tasks, optionally pre-labelled with spans; texts already in the project count as duplicates."""
     examples = tasks.examples_from_tasks(project, body.tasks)
     return tasks.import_examples(session, project, examples, client, settings.dev_share)
