@@ -75,6 +75,16 @@ def request(
     return job
 
 
+def request_follow_up(session: Session, project_id: int, kind: str, *, coalesce: bool = True, **task_kwargs) -> None:
+    """``request`` for a job a finished one asks for (the scoring after a training, the review after
+    the scoring): the finished job succeeded whatever the broker says, so a refusal is only logged;
+    the follow-up stays pending and the sweep sends it."""
+    try:
+        request(session, project_id, kind, coalesce=coalesce, **task_kwargs)
+    except EnqueueError as error:
+        log.error("project %s: %s", project_id, error)
+
+
 def send(session: Session, job: Job, settings: Settings | None = None) -> None:
     """Send ``job``'s task to the broker and record when (``sent_at``); when the broker does not take
     it, record why in ``error`` and raise ``EnqueueError``: the job stays queued, pending. Commits."""

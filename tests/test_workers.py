@@ -502,6 +502,15 @@ def test_training_registers_promotes_scores_and_pushes(redis_deployment, redis_w
     assert all(0 < p.score <= 1 for p in stored.values())
     assert any(p.spans for p in stored.values())
 
+    def review_job():
+        with deployment.session() as session:
+            return session.exec(select(Job).where(Job.project_id == project_id, Job.kind == "review")).first()
+
+    # The review after a promotion waits for the pre-annotations: it is asked for once they are pushed.
+    review = wait_until(review_job, 30, message="the review job after the push")
+    assert review.created_at >= scoring.finished_at
+    wait_job(deployment, review.id, redis_worker)  # not left running into the next test
+
     # One bulk import into Label Studio project 7 with every pool task's score, then the model version.
     [(ls_project, pushed)] = [call for call in label_studio_recorder.imports if call[0] == 7]
     by_ls_task = {t.ls_task_id: stored[t.id] for t in pool}
@@ -688,8 +697,15 @@ def test_embedded_sqlite_broker_cli_train_and_follow_up(tmp_path, tiny_encoder, 
             sync.import_examples(session, project, toy_corpus(5, seed=9), dev_share=0.25)
             session.commit()
         assert follow_job(job.id, timeout=120) == 0
-        with deployment.session() as session:
-            trainings = session.exec(select(Job).where(Job.kind == "train").order_by(Job.id)).all()
+
+        def trainings() -> list[Job]:
+            with deployment.session() as session:
+                return session.exec(select(Job).where(Job.kind == "train").order_by(Job.id)).all()
+
+        # The follow-up is queued just after the job is marked done: wait for it, then for no other.
+        wait_until(lambda: len(trainings()) > 1, 30, message="the follow-up training")
+        time.sleep(1)
+        trainings = trainings()
         assert len(trainings) == 2  # exactly one follow-up for the annotations that arrived
         follow_up = wait_job(deployment, trainings[1].id, worker, timeout=120)
         assert follow_up.status == JobStatus.succeeded, follow_up.error

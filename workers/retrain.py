@@ -207,18 +207,11 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
 
     with session_scope() as session:
         if promote:  # first, so annotators get the new pre-annotations before any follow-up trains
-            _request(session, project_id, "score_pool", version_id=summary["version_id"], coalesce=False)
-            if settings.review_after_training:  # after the pre-annotations: annotators wait on those, reviewers do not
-                _request(session, project_id, "review")
+            # The review waits for the scoring's push: queued beside it, it ran before the scoring's
+            # shards (queued later, by score_pool) and held the pre-annotations back by its whole run.
+            job_queue.request_follow_up(session, project_id, "score_pool", version_id=summary["version_id"], coalesce=False,
+                                        then_review=settings.review_after_training)
         if changed_meanwhile:
-            _request(session, project_id, "train")  # annotations arrived during the run: one follow-up
+            job_queue.request_follow_up(session, project_id, "train")  # annotations arrived during the run: one follow-up
     return summary
-
-
-def _request(session: Session, project_id: int, kind: str, *, coalesce: bool = True, **task_kwargs) -> None:
-    """Queue a follow-up job; the training succeeded whatever the broker says, so failures are logged."""
-    try:
-        job_queue.request(session, project_id, kind, coalesce=coalesce, **task_kwargs)
-    except job_queue.EnqueueError as error:
-        log.error("project %s: %s", project_id, error)
 

@@ -32,7 +32,7 @@ from sqlmodel import select
 from active_learning.label_quality import DEFAULT_FOLDS
 from service import sync as annotation_sync
 from service.db import session_scope
-from service.job_queue import after_annotations_changed
+from service.job_queue import after_annotations_changed, request_follow_up
 from service.label_studio import LabelStudioError, client_from_settings
 from service.models import Project
 from service.operations import projects
@@ -57,7 +57,9 @@ def train(run: JobRun, project_id: int, config: dict | None = None) -> dict:
 # Not exclusive: a redelivery after this process died before sending the chord fans out again (shards
 # store upserts, so work done twice does no harm; the first fan-out's members no longer own the job).
 @app.task(base=JobTask, exclusive=False)
-def score_pool(run: JobRun, project_id: int, version_id: int) -> dict:
+def score_pool(run: JobRun, project_id: int, version_id: int, then_review: bool = False) -> dict:
+    """Score the pool in shards (a chord); its callback pushes the predictions, then, with
+    ``then_review``, queues a review job (after the pre-annotations: annotators wait on those)."""
     run.update(version_id=version_id)
     if not scoring.is_active(version_id):
         run.finish(stage="done", skipped=f"version {version_id} is no longer active")
@@ -67,13 +69,14 @@ def score_pool(run: JobRun, project_id: int, version_id: int) -> dict:
     run.update(stage="scoring", tasks=len(ids), shards=len(shards))
     if not shards:
         run.finish(stage="done", scored=0, pushed=0)
+        _review_if(then_review, project_id)
         return {"job_id": run.job_id, "tasks": 0}
     # Written before any shard reports. ``scored`` is the shards' count: a field set here would be
     # written over it.
     run.flush()
     job = {"job_id": run.job_id, "token": run.token}
     header = [score_shard.s(project_id=project_id, version_id=version_id, task_ids=shard, **job) for shard in shards]
-    chord(header)(push_predictions.s(project_id=project_id, version_id=version_id, **job))
+    chord(header)(push_predictions.s(project_id=project_id, version_id=version_id, then_review=then_review, **job))
     return {"job_id": run.job_id, "tasks": len(ids), "shards": len(shards)}
 
 
@@ -85,7 +88,7 @@ def score_shard(run: JobRun, project_id: int, version_id: int, task_ids: list[in
 
 
 @app.task(base=JobTask, claims=False)
-def push_predictions(run: JobRun, scored: list[int], project_id: int, version_id: int) -> dict:
+def push_predictions(run: JobRun, scored: list[int], project_id: int, version_id: int, then_review: bool = False) -> dict:
     """The chord's callback (``scored``: its members' results): push the stored predictions to Label
     Studio and finish the job."""
     if not scoring.is_active(version_id):
@@ -99,7 +102,14 @@ def push_predictions(run: JobRun, scored: list[int], project_id: int, version_id
             raise  # refused (a wrong key, a deleted project): trying again would not help
         raise RetryLater(f"Label Studio is unavailable ({error})") from error  # the scored predictions wait in the database
     run.finish(stage="done", scored=sum(scored), pushed=pushed)
+    _review_if(then_review, project_id)
     return {"job_id": run.job_id, "scored": sum(scored), "pushed": pushed}
+
+
+def _review_if(wanted: bool, project_id: int) -> None:
+    if wanted:
+        with session_scope() as session:
+            request_follow_up(session, project_id, "review")
 
 
 @app.task(base=JobTask)  # one at a time per project: each dedupes against the stored ones
