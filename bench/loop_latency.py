@@ -249,7 +249,7 @@ def measure(args: argparse.Namespace, home: Path, stops: list) -> dict:
         "command": ".venv/bin/python bench/loop_latency.py " + " ".join(sys.argv[1:]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cores": os.cpu_count(), "gpu": "none", "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()],
-                    "note": "shared with five other engineers' jobs: absolute seconds are noisy"},
+                    "note": "absolute seconds depend on what else the machine runs (load average)"},
         "labelled": args.labelled,
         "pool": len(pool),
         "train_config": json.loads(args.train_config),
