@@ -50,6 +50,9 @@ def deployment_env(tmp: Path, tiny_encoder: Path, broker: str, **extra: str) -> 
         "NERLOOP_JOB_STALE_SECONDS": "30",
         "NERLOOP_JOB_WAIT_SECONDS": "1",
         "NERLOOP_LOG_FORMAT": "json",
+        # No review after each promotion: these faults concern training, scoring and sync, and a review
+        # queued after the push would keep a worker busy past the test, slowing the next one's timings.
+        "NERLOOP_REVIEW_AFTER_TRAINING": "false",
         **extra,
     }
 
