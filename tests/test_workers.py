@@ -698,14 +698,14 @@ def test_embedded_sqlite_broker_cli_train_and_follow_up(tmp_path, tiny_encoder, 
             session.commit()
         assert follow_job(job.id, timeout=120) == 0
 
-        def trainings() -> list[Job]:
+        def train_jobs() -> list[Job]:
             with deployment.session() as session:
                 return session.exec(select(Job).where(Job.kind == "train").order_by(Job.id)).all()
 
         # The follow-up is queued just after the job is marked done: wait for it, then for no other.
-        wait_until(lambda: len(trainings()) > 1, 30, message="the follow-up training")
+        wait_until(lambda: len(train_jobs()) > 1, 30, message="the follow-up training")
         time.sleep(1)
-        trainings = trainings()
+        trainings = train_jobs()
         assert len(trainings) == 2  # exactly one follow-up for the annotations that arrived
         follow_up = wait_job(deployment, trainings[1].id, worker, timeout=120)
         assert follow_up.status == JobStatus.succeeded, follow_up.error

@@ -7,13 +7,14 @@ import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, TypeVar
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Header, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
+from starlette.requests import HTTPConnection
 
 from ..errors import UpstreamError
 from ..label_studio import WEBHOOK_SECRET_HEADER, LabelStudioClient, LabelStudioError, client_from_settings
@@ -88,6 +89,19 @@ async def require_token(settings: SettingsDep, credentials: Annotated[HTTPAuthor
 
 
 _basic = HTTPBasic(auto_error=False, description="NERLOOP_ML_BASIC_AUTH_USER/_PASSWORD, as set in Label Studio's Connect Model")
+
+
+async def bearer_credentials(connection: HTTPConnection) -> HTTPAuthorizationCredentials | None:
+    """The bearer token as the routes' dependency reads it (for ``guards.RequestGuard``)."""
+    return await _bearer(connection)
+
+
+async def basic_credentials(connection: HTTPConnection) -> HTTPBasicCredentials | None:
+    """Basic credentials as the /ml routes' dependency reads them; malformed ones count as none."""
+    try:
+        return await _basic(connection)
+    except HTTPException:
+        return None
 
 
 def check_ml_auth(settings: Settings, bearer: HTTPAuthorizationCredentials | None, basic: HTTPBasicCredentials | None) -> None:

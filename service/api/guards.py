@@ -10,19 +10,15 @@ schema shows; both ask the same functions (``check_*``).
 
 from __future__ import annotations
 
-import base64
-import binascii
-
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBasicCredentials
-from fastapi.security.utils import get_authorization_scheme_param
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 
 from ..label_studio import WEBHOOK_SECRET_HEADER
 from ..operations.tasks import MAX_UPLOAD_BYTES
 from ..settings import Settings
-from .deps import check_ml_auth, check_token, check_webhook_secret
+from .deps import basic_credentials, bearer_credentials, check_ml_auth, check_token, check_webhook_secret
 from .errors import Unauthorized
 
 MULTIPART_OVERHEAD = 1024 * 1024  # an upload's form fields and part headers around the file
@@ -48,7 +44,7 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        refusal = self.credentials_refusal(scope["path"], headers) or self.declared_size_refusal(headers)
+        refusal = await self.credentials_refusal(scope) or self.declared_size_refusal(headers)
         if refusal is not None:
             await refusal(scope, receive, send)
             return
@@ -66,16 +62,17 @@ class RequestGuard:
 
         await self.app(scope, receive_within_limit, send)
 
-    def credentials_refusal(self, path: str, headers: Headers) -> JSONResponse | None:
+    async def credentials_refusal(self, scope) -> JSONResponse | None:
+        path, connection = scope["path"], HTTPConnection(scope)
         try:
             if path.startswith(OPEN_PATHS):
                 return None
             if path.startswith(WEBHOOK_PATHS):
-                check_webhook_secret(self.settings, headers.get(WEBHOOK_SECRET_HEADER))
+                check_webhook_secret(self.settings, connection.headers.get(WEBHOOK_SECRET_HEADER))
             elif path.startswith(TOKEN_PATHS):
-                check_token(self.settings, bearer(headers))
+                check_token(self.settings, await bearer_credentials(connection))
             elif path == "/ml" or path.startswith("/ml/"):
-                check_ml_auth(self.settings, bearer(headers), basic(headers))
+                check_ml_auth(self.settings, await bearer_credentials(connection), await basic_credentials(connection))
         except Unauthorized as error:
             return _error(401, error.field, error.message, error.headers)
         return None
@@ -96,20 +93,3 @@ class RequestGuard:
             return _error(413, "body", f"request body of {declared} bytes is larger than the limit of {limit} bytes")
         return None
 
-
-def bearer(headers: Headers) -> HTTPAuthorizationCredentials | None:
-    """``Authorization: Bearer <token>``, as FastAPI's ``HTTPBearer`` reads it."""
-    scheme, credentials = get_authorization_scheme_param(headers.get("authorization"))
-    return HTTPAuthorizationCredentials(scheme=scheme, credentials=credentials) if scheme.lower() == "bearer" and credentials else None
-
-
-def basic(headers: Headers) -> HTTPBasicCredentials | None:
-    """``Authorization: Basic <base64 user:password>``, as FastAPI's ``HTTPBasic`` reads it; None if malformed."""
-    scheme, credentials = get_authorization_scheme_param(headers.get("authorization"))
-    if scheme.lower() != "basic" or not credentials:
-        return None
-    try:
-        user, separator, password = base64.b64decode(credentials, validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return HTTPBasicCredentials(username=user, password=password) if separator else None
