@@ -12,9 +12,10 @@ Timed: one more annotation is recorded on a pool task (``sync.record_local_annot
 annotation endpoints and the webhook store) and ``job_queue.after_annotations_changed`` runs as after
 any annotation (``retrain_every`` is 1, so it queues the training). Then, polling every 0.1 s: the
 training job's stages (queue wait, loading, training, evaluation, export to ONNX and int8 check,
-registering), the score_pool job (queue wait, scoring: all pool predictions stored), the push into
-Label Studio (stored → the job done) and Label Studio's ``GET /api/projects/{id}/next`` answering a
-task whose prediction is the new version's. Writes bench/results/loop_latency.json.
+registering; a version the promotion rule keeps back is promoted by hand, ``promoted`` says which),
+the score_pool job (queue wait, scoring: all pool predictions stored), the push into Label Studio
+(stored → the job done) and Label Studio's ``GET /api/projects/{id}/next`` answering a task whose
+prediction is the new version's. Writes bench/results/loop_latency.json.
 
     .venv/bin/python bench/loop_latency.py [--labelled 1000] [--pool 10000] [--base-model DIR]
         [--train-config JSON] [--label-studio-url URL --label-studio-api-key KEY] [--out PATH]
@@ -127,6 +128,7 @@ def measure(args: argparse.Namespace, home: Path, stops: list) -> dict:
     from active_learning.demo_corpus import LABELS, generate
     from active_learning.spans import Example
     from service import job_queue, sync
+    from service.operations import model_versions
     from service.db import init_db, session_scope
     from service.label_studio import client_from_settings
     from service.models import Job, JobStatus, ModelStatus, ModelVersion, Prediction, Project, Task, TaskState
@@ -217,8 +219,13 @@ def measure(args: argparse.Namespace, home: Path, stops: list) -> dict:
     if train_job.status == JobStatus.failed:
         raise RuntimeError(f"the training failed: {train_job.error}")
     marks["trained"] = time.perf_counter()
+    promotion = "by the rule"
     if not train_job.progress.get("promoted"):
-        raise RuntimeError(f"the new version was not promoted ({train_job.progress.get('decision')}): nothing new reaches Label Studio")
+        # The rule kept it (a lower dev F1): likely at tiny sizes, possible at any. Promote it by hand,
+        # as a user would, which queues the same scoring; the JSON says so.
+        promotion = f"by hand ({train_job.progress.get('decision')})"
+        with session_scope() as session:
+            model_versions.promote(session, session.get(Project, project_id), train_job.progress["version_id"])
     wait_for("the scoring job", lambda: job("score_pool", first_scoring.id), 120)
     version = active()
     wait_for("the scoring to start", lambda: job("score_pool", first_scoring.id).status != JobStatus.queued, args.timeout)
@@ -255,6 +262,7 @@ def measure(args: argparse.Namespace, home: Path, stops: list) -> dict:
         "train_config": json.loads(args.train_config),
         "first_version": first.name if first else None,
         "new_version": version.name,
+        "promoted": promotion,
         "seconds_total": round(total, 3),
         "seconds_by_part": parts,
         "largest_part": largest,

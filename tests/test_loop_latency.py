@@ -33,3 +33,4 @@ def test_the_loop_latency_benchmark_runs_at_tiny_sizes(label_studio, tiny_encode
     assert sum(parts.values()) == pytest.approx(document["seconds_total"], abs=0.05)
     assert document["largest_part"] in parts and document["scoring_progress"]["scored"] == 40
     assert document["training_progress"]["stage"] == "done"
+    assert document["promoted"] == "by the rule" or document["promoted"].startswith("by hand (dev F1")
