@@ -168,6 +168,15 @@ def app_for(settings: Settings | None = None) -> Celery:
     return _apps[key]
 
 
+def prepare_publisher(settings: Settings | None = None) -> None:
+    """Build the app that publishes to ``settings``' broker and load its transport, without
+    connecting: the service calls it at start-up so that the first request which sends a job does
+    not pay for it (about a hundred modules: Celery's AMQP layer, the transport, its client)."""
+    target = app_for(settings)
+    with target.connection_for_write() as connection:
+        _ = target.amqp.producer_pool, connection.transport  # properties: built (and imported) on first use
+
+
 def enqueue(name: str, *, settings: Settings | None = None, task_id: str | None = None, **kwargs) -> AsyncResult:
     """Send task ``name`` with ``kwargs`` to its queue (``queue_for``), by name only."""
     if name not in TASK_QUEUES:

@@ -7,6 +7,8 @@ from importlib.metadata import version
 
 from fastapi import APIRouter, Depends, FastAPI
 
+from workers.celery_app import prepare_publisher
+
 from .. import logs
 from ..db import init_db
 from ..predictor import Predictor
@@ -52,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = init_db(settings.database_url)
     app.state.predictor = Predictor(settings.database_url)
+    prepare_publisher(settings)
     install_error_handlers(app)
     app.state.metrics = registry_for(app.state.engine)
     app.add_middleware(RequestGuard, settings=settings)  # inside the metrics, so its refusals are counted
