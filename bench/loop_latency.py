@@ -128,10 +128,10 @@ def measure(args: argparse.Namespace, home: Path, stops: list) -> dict:
     from active_learning.demo_corpus import LABELS, generate
     from active_learning.spans import Example
     from service import job_queue, sync
-    from service.operations import model_versions
     from service.db import init_db, session_scope
     from service.label_studio import client_from_settings
     from service.models import Job, JobStatus, ModelStatus, ModelVersion, Prediction, Project, Task, TaskState
+    from service.operations import model_versions
     from service.settings import get_settings
 
     get_settings.cache_clear()

@@ -1,6 +1,6 @@
 """A real Label Studio set up for the loop by nerloop (issue 15): the "most uncertain first" view,
 nerloop's /ml connected as the model (and kept, not doubled, on re-attach), "Start Training"
-reaching nerloop as a job, and superseded predictions removed after a push, annotations untouched."""
+reaching nerloop as a job, and superseded predictions pruned after a push, annotations untouched."""
 
 from __future__ import annotations
 
@@ -105,8 +105,8 @@ def predictions_per_task(ls: httpx.Client, task_ids) -> dict[int, list[str]]:
 
 
 @pytest.mark.parametrize("keep", [1, 2])
-def test_push_removes_superseded_predictions_in_bulk_and_never_annotations(pointed_at, label_studio, monkeypatch, keep):
-    from workers.scoring import push
+def test_prune_after_a_push_removes_superseded_predictions_in_bulk_and_never_annotations(pointed_at, label_studio, monkeypatch, keep):
+    from workers.scoring import prune, push
 
     monkeypatch.setenv("NERLOOP_KEEP_PREDICTION_VERSIONS", str(keep))
     get_settings.cache_clear()
@@ -137,16 +137,26 @@ def test_push_removes_superseded_predictions_in_bulk_and_never_annotations(point
         session.commit()
         project_id, version_ids = project.id, [v.id for v in versions]
 
-    for version_id in version_ids:
-        assert push(project_id, version_id) == len(texts)
+    assert push(project_id, version_ids[0]) == len(texts) and push(project_id, version_ids[1]) == len(texts)
+    assert predictions_per_task(ls, ls_tasks)[ls_tasks[0]] == ["v1", "v2"]  # the push alone removes nothing
+    assert prune(project_id, version_ids[1]) == (len(texts) if keep == 1 else 0)
+    assert push(project_id, version_ids[2]) == len(texts)
+    prune(project_id, version_ids[2])
     kept = ["v3", "v2"][:keep]
     expected = {t: sorted(kept) for t in ls_tasks}
     expected[ls_tasks[1]] = sorted([*kept, "someone-else"])
     assert predictions_per_task(ls, ls_tasks) == expected
 
-    # The push and its clean-up are one step that can run again: nothing doubles.
+    # Push and prune can run again: nothing doubles, nothing more goes.
     assert push(project_id, version_ids[-1]) == len(texts)
+    assert prune(project_id, version_ids[-1]) == 0
     assert predictions_per_task(ls, ls_tasks) == expected
+    # A late prune of an older version never removes the active version's predictions.
+    with Session(get_engine(pointed_at.database_url)) as session:
+        session.get(ModelVersion, version_ids[-1]).status = ModelStatus.active
+        session.commit()
+    prune(project_id, version_ids[1])
+    assert "v3" in predictions_per_task(ls, ls_tasks)[ls_tasks[0]]
     assert [a["id"] for a in ls.get(f"/api/tasks/{ls_tasks[0]}/annotations/").json()] == [annotated.json()["id"]]
     assert ls.get(f"/api/projects/{ls_id}").json()["model_version"] == "v3"
 

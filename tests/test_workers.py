@@ -298,7 +298,7 @@ def test_queues_routes_and_delivery_settings():
     assert app.conf.task_acks_late and app.conf.task_reject_on_worker_lost and app.conf.worker_prefetch_multiplier == 1
     router = app.amqp.router
     expected = {"nerloop.train": "gpu", "nerloop.score_pool": "gpu", "nerloop.score_shard": "gpu", "nerloop.sync": "cpu",
-                "nerloop.push_predictions": "cpu", "celery.chord_unlock": "cpu"}
+                "nerloop.push_predictions": "cpu", "nerloop.prune_predictions": "cpu", "celery.chord_unlock": "cpu"}
     for name, queue in expected.items():
         route = router.route({}, name, (), {})["queue"]
         assert (route.name, route.exchange.name, route.routing_key) == (queue, queue, queue)

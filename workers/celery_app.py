@@ -53,6 +53,7 @@ TASK_QUEUES = {
     "nerloop.review": GPU,  # label review: k fold trainings over the labelled set
     "nerloop.sync": CPU,
     "nerloop.push_predictions": CPU,
+    "nerloop.prune_predictions": CPU,
     "nerloop.sweep": CPU,
     "nerloop.recover": CPU,
     "nerloop.augment": CPU,  # an augmenter that needs an accelerator sends its job to GPU (queue_for)

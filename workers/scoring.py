@@ -3,8 +3,9 @@
 A shard predicts its tasks and stores one ``Prediction`` row per task and version (spans with their
 probabilities, and the task confidence: lower is more uncertain). Storing is an upsert, so a shard run
 twice writes the same rows. The push reads the rows back and imports them into Label Studio in bulk,
-at the version's name, with uncertainty sampling on: the least confident task is served first; then
-it removes the superseded versions' predictions there (``Settings.keep_prediction_versions``).
+at the version's name, with uncertainty sampling on: the least confident task is served first. The
+superseded versions' predictions there are removed afterwards, by ``prune`` (its own task, off the
+loop's path: Label Studio deletes 10,000 predictions far slower than it imports them).
 """
 
 from __future__ import annotations
@@ -78,17 +79,14 @@ def score_tasks(version_id: int, task_ids: Sequence[int]) -> int:
 
 
 def push(project_id: int, version_id: int) -> int:
-    """Import the version's predictions for the pool into Label Studio, then remove the superseded
-    versions' predictions there; returns how many it created.
+    """Import the version's predictions for the pool into Label Studio and make it the project's model
+    version; returns how many it created.
 
     Re-runnable as one step: predictions the version already has in Label Studio (an attempt that
-    died after importing) are replaced, not doubled. Of the project's other versions, the newest
-    ``keep_prediction_versions - 1`` keep theirs; model versions nerloop did not make, and annotations,
-    are never touched. Does nothing (returns 0) unless the project is attached to Label Studio and an
-    API key is set.
+    died after importing) are replaced, not doubled. Does nothing (returns 0) unless the project is
+    attached to Label Studio and an API key is set.
     """
-    settings = get_settings()
-    client = client_from_settings(settings)
+    client = client_from_settings()
     with session_scope() as session:
         project = session.get(Project, project_id)
         version = session.get(ModelVersion, version_id)
@@ -109,15 +107,32 @@ def push(project_id: int, version_id: int) -> int:
             for prediction, task in rows
         ]
         ls_project_id, name = project.ls_project_id, version.name
-        ours = set(session.exec(select(ModelVersion.name).where(ModelVersion.project_id == project_id)))
     if not payload:
         return 0
-    in_label_studio = client.prediction_versions(ls_project_id)  # newest first
-    if in_label_studio.get(name):
+    if client.prediction_versions(ls_project_id).get(name):
         client.delete_prediction_version(ls_project_id, name)
-    created = client.push_predictions(ls_project_id, payload, model_version=name)
-    superseded = [v for v in in_label_studio if v in ours and v != name][settings.keep_prediction_versions - 1 :]
+    return client.push_predictions(ls_project_id, payload, model_version=name)
+
+
+def prune(project_id: int, version_id: int) -> int:
+    """After ``version_id``'s push: remove the predictions of the project's superseded versions from
+    Label Studio; returns how many. Kept: that version's, the active version's (a newer push may have
+    come first), and those of the newest ``keep_prediction_versions - 1`` other versions. Model
+    versions nerloop did not make, and annotations, are never touched. Idempotent: a prune that never
+    ran (its message lost) is made up by the next one.
+    """
+    settings = get_settings()
+    client = client_from_settings(settings)
+    with session_scope() as session:
+        project = session.get(Project, project_id)
+        version = session.get(ModelVersion, version_id)
+        if project is None or version is None or project.ls_project_id is None or client is None:
+            return 0
+        ours = {v.name: v.status for v in session.exec(select(ModelVersion).where(ModelVersion.project_id == project_id))}
+        ls_project_id, name = project.ls_project_id, version.name
+    others = [v for v in client.prediction_versions(ls_project_id) if v in ours and v != name]  # newest first
+    superseded = [v for v in others[settings.keep_prediction_versions - 1 :] if ours[v] != ModelStatus.active]
     removed = sum(client.delete_prediction_version(ls_project_id, v) for v in superseded)
     if superseded:
         log.info("project %s: removed %d predictions of %s from Label Studio", project_id, removed, ", ".join(superseded))
-    return created
+    return removed

@@ -9,7 +9,9 @@ stored results are upserts.
   ``score_pool`` for a promoted version. ``config``: fields of ``active_learning.training.TrainConfig``.
 - ``nerloop.score_pool(project_id, version_id, job_id)`` (gpu): a chord of ``nerloop.score_shard``
   over chunks of the pool, then ``nerloop.push_predictions`` (cpu) into Label Studio, which tries again
-  every ``NERLOOP_JOB_WAIT_SECONDS`` while Label Studio is unreachable (the predictions wait stored).
+  every ``NERLOOP_JOB_WAIT_SECONDS`` while Label Studio is unreachable (the predictions wait stored),
+  then sends ``nerloop.prune_predictions(project_id, version_id)`` (cpu): the superseded versions'
+  predictions leave Label Studio after the job is done, not on the annotators' wait.
 - ``nerloop.review(project_id, job_id, folds=4, config=None)`` (gpu): label review, queued after each
   promoted training and on demand: cross-fit from the base model, store the suspect annotations,
   show them to reviewers in Label Studio. ``config``: fields of the fold models' ``TrainConfig``.
@@ -40,7 +42,7 @@ from service.settings import get_settings
 
 from . import scoring
 from .augment_job import run_augmentation
-from .celery_app import app, make_sqlite_folders
+from .celery_app import app, enqueue, make_sqlite_folders
 from .lifecycle import JobRun, JobTask, RetryLater, resend_stranded
 from .retrain import run_training, train_config
 from .review_job import run_review
@@ -102,8 +104,18 @@ def push_predictions(run: JobRun, scored: list[int], project_id: int, version_id
             raise  # refused (a wrong key, a deleted project): trying again would not help
         raise RetryLater(f"Label Studio is unavailable ({error})") from error  # the scored predictions wait in the database
     run.finish(stage="done", scored=sum(scored), pushed=pushed)
+    try:
+        enqueue("nerloop.prune_predictions", project_id=project_id, version_id=version_id)
+    except Exception as error:  # the next push's prune removes these too
+        log.warning("project %s: superseded predictions not pruned now (the broker did not take it: %s)", project_id, error)
     _review_if(then_review, project_id)
     return {"job_id": run.job_id, "scored": sum(scored), "pushed": pushed}
+
+
+@app.task
+def prune_predictions(project_id: int, version_id: int) -> dict:
+    """After a push, off the loop's path: the superseded versions' predictions leave Label Studio."""
+    return {"removed": scoring.prune(project_id, version_id)}
 
 
 def _review_if(wanted: bool, project_id: int) -> None:
