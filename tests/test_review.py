@@ -283,3 +283,51 @@ def test_suspects_reach_reviewers_in_label_studio_and_a_fix_clears_the_flag(work
     assert not [p for p in predictions if p["task"] == ls_ids[task_id] and p["model_version"] == review.REVIEW_MODEL_VERSION]
     assert human_annotations(client, ls_project_id) == after_fix
     browser.close()
+
+
+# ---- a review gives way to a training ------------------------------------------------------------------
+
+
+@pytest.mark.slow  # two review jobs: 4 tiny fold trainings, started twice
+def test_a_review_gives_way_once_to_a_waiting_training_and_queues_itself_again(tmp_path, monkeypatch, tiny_encoder):
+    from workers import review_job
+    from workers.tasks import review as review_task
+
+    for name, value in {"NERLOOP_HOME": str(tmp_path / "home"), "NERLOOP_DATABASE_URL": f"sqlite:///{tmp_path / 'nerloop.db'}",
+                        "NERLOOP_BASE_MODEL": str(tiny_encoder)}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("NERLOOP_LABEL_STUDIO_API_KEY", raising=False)
+    monkeypatch.delenv("NERLOOP_BROKER_URL", raising=False)  # the embedded SQLite broker under the home
+    get_settings.cache_clear()
+    monkeypatch.setattr(review_job, "GIVE_WAY_CHECK_SECONDS", 0.0)  # look at the first step, not after a second
+    engine = init_db(get_settings().database_url)
+    try:
+        with Session(engine) as session:
+            project = add_project_row(session)
+            import_examples(session, project, toy_corpus(40, seed=1), dev_share=0.0)
+            # A training sent to the broker, not yet taken by a worker; and one never sent (the broker was down).
+            training = Job(project_id=project.id, kind="train", sent_at=datetime.now(UTC))
+            session.add_all([training, Job(project_id=project.id, kind="augment")])
+            session.commit()
+            project_id, training_id = project.id, training.id
+
+        outcome = run_review_job(engine, project_id)
+        assert outcome["skipped"] == f"gave way to training job {training_id}; queued again behind it"
+        with Session(engine) as session:
+            [again] = session.exec(select(Job).where(Job.kind == "review", Job.status == "queued")).all()
+            assert again.arguments["give_way"] is False and again.sent_at is not None  # sent, behind the training
+            assert session.get(Job, training_id).status.value == "queued"
+            again_id, arguments, judged = again.id, again.arguments, len(review.labelled_set(session, project_id))
+
+        # The review queued again runs to the end though the training still waits: it gives way once.
+        finished = review_task(job_id=again_id, project_id=project_id, **{**arguments, "config": TINY_FOLDS})
+        assert "skipped" not in finished and finished["tasks"] == judged
+    finally:
+        get_settings.cache_clear()
+
+
+def add_project_row(session: Session) -> Project:
+    project = Project(name="give way", labels=list(LABELS))
+    session.add(project)
+    session.flush()
+    return project
