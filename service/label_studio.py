@@ -285,11 +285,18 @@ class LabelStudioClient:
         return ids
 
     def push_predictions(self, ls_id: int, predictions: Sequence[dict], model_version: str) -> int:
-        """Import predictions (``{"task": ls_task_id, "result": [...], "score": s}``) in bulk, then make
-        ``model_version`` the project's and turn on uncertainty sampling, so the lowest score is served first.
+        """Import predictions (``{"task": ls_task_id, "result": [...], "score": s}``) in bulk, lowest
+        score first, and make ``model_version`` the project's with uncertainty sampling on, so the
+        lowest score is served first; returns how many were created.
+
+        The switch comes after the first chunk, not the last: Label Studio serves the lowest-scored
+        task among those with a prediction of the project's version, and the first chunk holds the
+        lowest scores of all, so annotators get the new version's most uncertain tasks while the
+        rest imports (10,000 took 70-87 s on a 2-core machine, bench/loop_latency.py).
         """
+        ordered = sorted(predictions, key=lambda prediction: prediction["score"])
         created = 0
-        for chunk in _chunks(list(predictions), IMPORT_CHUNK):
+        for number, chunk in enumerate(_chunks(ordered, IMPORT_CHUNK)):
             request = [{**prediction, "model_version": model_version} for prediction in chunk]
             answer = self._call(
                 f"import {len(chunk)} predictions into project {ls_id}",
@@ -297,10 +304,11 @@ class LabelStudioClient:
                 idempotent=False,
             )
             created += answer.created or 0
-        self._call(
-            f"set model version {model_version!r} and uncertainty sampling on project {ls_id}",
-            lambda: self.sdk.projects.update(ls_id, model_version=model_version, sampling=UNCERTAINTY_SAMPLING),
-        )
+            if number == 0:
+                self._call(
+                    f"set model version {model_version!r} and uncertainty sampling on project {ls_id}",
+                    lambda: self.sdk.projects.update(ls_id, model_version=model_version, sampling=UNCERTAINTY_SAMPLING),
+                )
         return created
 
     def update_task_data(self, ls_task_id: int, fields: dict) -> dict:

@@ -155,6 +155,25 @@ def test_predictions_set_the_order_annotators_are_served(client, browser):
     assert after == before
 
 
+def test_the_served_version_switches_after_the_lowest_scored_chunk(client, browser, monkeypatch):
+    """The push imports lowest scores first and switches the project's version after the first chunk:
+    a push that fails in a later chunk has already made Label Studio serve the new version's most
+    uncertain task."""
+    monkeypatch.setattr(ls_module, "IMPORT_CHUNK", 2)
+    ls_id = client.create_project("lowest first", LABELS)
+    texts = [f"Task {i} mentions Alice." for i in range(5)]
+    ids = client.import_tasks(ls_id, [{"text": text} for text in texts])
+    scores = [0.9, 0.3, 0.5, 0.1, 0.7]
+    predictions = [{"task": task, "result": [], "score": s} for task, s in zip(ids, scores)]
+    unknown_task = {"task": max(ids) + 1000, "result": [], "score": 0.95}  # in the last chunk: Label Studio refuses it
+    with pytest.raises(LabelStudioError):
+        client.push_predictions(ls_id, [*predictions, unknown_task], "v1")
+    assert client.sdk.projects.get(ls_id).model_version == "v1"
+    served = browser.get(f"/api/projects/{ls_id}/next")
+    assert served.status_code == 200, served.text
+    assert served.json()["id"] == ids[scores.index(min(scores))]
+
+
 def test_list_annotations_since_follows_updated_at(client, browser, monkeypatch):
     monkeypatch.setattr(ls_module, "PULL_OVERLAP", timedelta(0))  # test the filter itself, to the microsecond
     ls_id = client.create_project("incremental", LABELS)

@@ -27,8 +27,9 @@ def test_the_loop_latency_benchmark_runs_at_tiny_sizes(label_studio, tiny_encode
     assert document["new_version"] != document["first_version"]
     parts = document["seconds_by_part"]
     # at these sizes a training stage can be shorter than the 0.2 s heartbeat that reports it, so only these are sure
-    assert {"queued for training", "scoring (all pool predictions stored)", "push to Label Studio",
-            "Label Studio serving it as the next task"} <= set(parts), parts
+    sure = {"queued for training", "scoring (all pool predictions stored)", "push to Label Studio until it serves the new version"}
+    assert sure <= set(parts), parts
+    assert document["push_seconds_in_all"] > 0
     assert document["export_and_check_seconds_in_the_worker"]["export_seconds"] > 0
     assert sum(parts.values()) == pytest.approx(document["seconds_total"], abs=0.05)
     assert document["largest_part"] in parts and document["scoring_progress"]["scored"] == 40
