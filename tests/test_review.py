@@ -289,7 +289,7 @@ def test_suspects_reach_reviewers_in_label_studio_and_a_fix_clears_the_flag(work
 
 
 @pytest.mark.slow  # two review jobs: 4 tiny fold trainings, started twice
-def test_a_review_gives_way_once_to_a_waiting_training_and_queues_itself_again(tmp_path, monkeypatch, tiny_encoder):
+def test_a_review_gives_way_to_the_loop_a_bounded_number_of_times(tmp_path, monkeypatch, tiny_encoder):
     from workers import review_job
     from workers.tasks import review as review_task
 
@@ -305,22 +305,33 @@ def test_a_review_gives_way_once_to_a_waiting_training_and_queues_itself_again(t
         with Session(engine) as session:
             project = add_project_row(session)
             import_examples(session, project, toy_corpus(40, seed=1), dev_share=0.0)
-            # A training sent to the broker, not yet taken by a worker; and one never sent (the broker was down).
+            # A training sent to the broker, not yet taken by a worker; jobs that hold nothing up: a
+            # training never sent (the broker was down), an augmentation, a scoring already pushing.
             training = Job(project_id=project.id, kind="train", sent_at=datetime.now(UTC))
-            session.add_all([training, Job(project_id=project.id, kind="augment")])
+            pushing = Job(project_id=project.id, kind="score_pool", status="running", progress={"stage": "pushing"})
+            session.add_all([Job(project_id=project.id, kind="train"), training, Job(project_id=project.id, kind="augment"), pushing])
             session.commit()
-            project_id, training_id = project.id, training.id
+            project_id, training_id, pushing_id = project.id, training.id, pushing.id
+        assert review_job.loop_job_waiting() == training_id
 
         outcome = run_review_job(engine, project_id)
-        assert outcome["skipped"] == f"gave way to training job {training_id}; queued again behind it"
+        assert outcome["skipped"] == f"gave way to job {training_id}; queued again behind it"
         with Session(engine) as session:
             [again] = session.exec(select(Job).where(Job.kind == "review", Job.status == "queued")).all()
-            assert again.arguments["give_way"] is False and again.sent_at is not None  # sent, behind the training
+            assert again.arguments["gave_way"] == 1 and again.sent_at is not None  # sent, behind the training
             assert session.get(Job, training_id).status.value == "queued"
-            again_id, arguments, judged = again.id, again.arguments, len(review.labelled_set(session, project_id))
+            again_id, judged = again.id, len(review.labelled_set(session, project_id))
+            # The training ran and queued its scoring, whose shards are being scored: that holds the loop up too.
+            session.get(Job, training_id).status = "succeeded"
+            scoring = session.get(Job, pushing_id)
+            scoring.progress = {"stage": "scoring"}
+            session.add(scoring)
+            session.commit()
+        assert review_job.loop_job_waiting() == pushing_id
 
-        # The review queued again runs to the end though the training still waits: it gives way once.
-        finished = review_task(job_id=again_id, project_id=project_id, **{**arguments, "config": TINY_FOLDS})
+        # Given way MAX_GIVE_WAYS times, a review runs to the end whatever waits.
+        arguments = {"folds": 4, "config": TINY_FOLDS, "gave_way": review_job.MAX_GIVE_WAYS}
+        finished = review_task(job_id=again_id, project_id=project_id, **arguments)
         assert "skipped" not in finished and finished["tasks"] == judged
     finally:
         get_settings.cache_clear()

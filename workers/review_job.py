@@ -6,11 +6,12 @@ the annotations (``active_learning.label_quality.find_suspects``), and what revi
 before is not flagged again for the same reason. The suspects are stored in the job's fenced
 transaction, then pushed to Label Studio when the project is attached (``service.operations.review``).
 
-A review gives way to training: when a training job (of any project) waits in the broker, the review
-stops at its next step and queues itself again, behind it. Annotators wait on a training's
-pre-annotations; nobody waits on a review (measured: a training queued during the review after the
-previous promotion waited 187 s of a 316 s loop, bench/loop_latency.py). It gives way once: the
-review queued again runs to the end, so a training message that never runs cannot starve it.
+A review gives way to the loop: when a job annotators wait on is in the queue (a training sent and not
+yet taken, a scoring queued or with shards still to score, of any project), the review stops at its
+next step and queues itself again, behind it. Annotators wait on a promoted training's pre-annotations;
+nobody waits on a review (measured: a training queued during the review after the previous promotion
+waited 187 s of a 316 s loop, bench/loop_latency.py). At most ``MAX_GIVE_WAYS`` times: then it runs
+to the end, so messages that never run (a queue no worker reads) cannot starve it.
 """
 
 from __future__ import annotations
@@ -32,23 +33,29 @@ from service.versions import active_version
 
 from .lifecycle import JobRun
 
-GIVE_WAY_CHECK_SECONDS = 1.0  # how often a review looks for a waiting training (a GPU step is milliseconds)
+GIVE_WAY_CHECK_SECONDS = 1.0  # how often a review looks at the queue (a GPU step is milliseconds)
+MAX_GIVE_WAYS = 3  # a training, then the scoring it queues, and one to spare
 
 
 class GaveWay(Exception):
-    def __init__(self, training_job_id: int):
-        super().__init__(f"training job {training_job_id} is waiting")
-        self.training_job_id = training_job_id
+    def __init__(self, job_id: int):
+        super().__init__(f"job {job_id} is waiting")
+        self.job_id = job_id
 
 
-def waiting_training() -> int | None:
-    """The id of a training job sent to the broker and not yet taken by a worker, if any."""
+def loop_job_waiting() -> int | None:
+    """The id of a job the loop waits on that a review would hold up: a training or a scoring sent to
+    the broker and not yet taken, or a scoring whose shards are still being scored."""
     with session_scope() as session:
-        waiting = select(Job.id).where(Job.kind == "train", Job.status == JobStatus.queued, Job.sent_at.is_not(None))
-        return session.exec(waiting.order_by(Job.id).limit(1)).first()
+        sent = select(Job.id).where(Job.kind.in_(["train", "score_pool"]), Job.status == JobStatus.queued, Job.sent_at.is_not(None))
+        waiting = session.exec(sent.order_by(Job.id).limit(1)).first()
+        if waiting is not None:
+            return waiting
+        scoring = session.exec(select(Job).where(Job.kind == "score_pool", Job.status == JobStatus.running)).all()
+        return next((job.id for job in scoring if (job.progress or {}).get("stage") == "scoring"), None)
 
 
-def run_review(project_id: int, run: JobRun, folds: int = DEFAULT_FOLDS, config: dict | None = None, give_way: bool = True) -> dict:
+def run_review(project_id: int, run: JobRun, folds: int = DEFAULT_FOLDS, config: dict | None = None, gave_way: int = 0) -> dict:
     settings = get_settings()
     fold_recipe = dataclasses.replace(fold_config(), **(config or {}))
     base = settings.base_model or default_base_model()
@@ -65,25 +72,29 @@ def run_review(project_id: int, run: JobRun, folds: int = DEFAULT_FOLDS, config:
         run.finish(stage="done", tasks=len(judged), suspects=0, skipped=reason)
         return {"job_id": run.job_id, "skipped": reason}
 
-    run.update(stage="cross-fitting", tasks=len(judged), folds=folds, base=base, step=0, total_steps=folds)
-    checked = time.monotonic()
+    checked = 0.0
+
+    def give_way_to_the_loop() -> None:
+        nonlocal checked
+        if gave_way < MAX_GIVE_WAYS and time.monotonic() - checked >= GIVE_WAY_CHECK_SECONDS:
+            checked = time.monotonic()
+            if (waiting := loop_job_waiting()) is not None:
+                raise GaveWay(waiting)
 
     def on_progress(done: float, k: int) -> None:
-        nonlocal checked
         run.update(step=round(done, 2))
-        if give_way and time.monotonic() - checked >= GIVE_WAY_CHECK_SECONDS:
-            checked = time.monotonic()
-            if (training := waiting_training()) is not None:
-                raise GaveWay(training)
+        give_way_to_the_loop()
 
     try:
+        give_way_to_the_loop()  # before loading a model: giving way costs a query, not a fold's first step
+        run.update(stage="cross-fitting", tasks=len(judged), folds=folds, base=base, step=0, total_steps=folds)
         report = find_suspects(
             [j.example for j in judged], labels, k=folds, base_model=base, config=fold_recipe, confirmed=confirmed, on_progress=on_progress
         )
     except GaveWay as way:
-        with session_scope() as session:  # behind the training in the queue; coalesced with any review already queued
-            request_follow_up(session, project_id, "review", folds=folds, config=config, give_way=False)
-        reason = f"gave way to training job {way.training_job_id}; queued again behind it"
+        with session_scope() as session:  # behind the waiting job in the queue; coalesced with any review already queued
+            request_follow_up(session, project_id, "review", folds=folds, config=config, gave_way=gave_way + 1)
+        reason = f"gave way to job {way.job_id}; queued again behind it"
         run.finish(stage="done", tasks=len(judged), suspects=0, skipped=reason)
         return {"job_id": run.job_id, "skipped": reason}
     with run.owned() as session:

@@ -12,11 +12,11 @@ stored results are upserts.
   every ``NERLOOP_JOB_WAIT_SECONDS`` while Label Studio is unreachable (the predictions wait stored),
   then sends ``nerloop.prune_predictions(project_id, version_id)`` (cpu): the superseded versions'
   predictions leave Label Studio after the job is done, not on the annotators' wait.
-- ``nerloop.review(project_id, job_id, folds=4, config=None, give_way=True)`` (gpu): label review,
+- ``nerloop.review(project_id, job_id, folds=4, config=None, gave_way=0)`` (gpu): label review,
   queued after each promoted training and on demand: cross-fit from the base model, store the suspect
   annotations, show them to reviewers in Label Studio. ``config``: fields of the fold models'
-  ``TrainConfig``. With ``give_way``, a training waiting in the broker makes it stop and queue itself
-  again behind it (``workers.review_job``).
+  ``TrainConfig``. A training or scoring waiting in the queue makes it stop and queue itself again
+  behind it, ``gave_way`` counting how often (``workers.review_job``).
 - ``nerloop.sync(project_id, job_id)`` (cpu): pull the annotations webhooks missed, then queue a
   training when one is due.
 - ``nerloop.augment(project_id, job_id, method, n, seed, params)`` (gpu for a method whose augmenter
@@ -132,8 +132,8 @@ def augment(run: JobRun, project_id: int, method: str, n: int = 1, seed: int = 0
 
 
 @app.task(base=JobTask)
-def review(run: JobRun, project_id: int, folds: int = DEFAULT_FOLDS, config: dict | None = None, give_way: bool = True) -> dict:
-    return run_review(project_id, run, folds, config, give_way)
+def review(run: JobRun, project_id: int, folds: int = DEFAULT_FOLDS, config: dict | None = None, gave_way: int = 0) -> dict:
+    return run_review(project_id, run, folds, config, gave_way)
 
 
 @app.task(base=JobTask)
