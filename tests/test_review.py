@@ -288,8 +288,10 @@ def test_suspects_reach_reviewers_in_label_studio_and_a_fix_clears_the_flag(work
 # ---- a review gives way to a training ------------------------------------------------------------------
 
 
-@pytest.mark.slow  # two review jobs: 4 tiny fold trainings, started twice
-def test_a_review_gives_way_to_the_loop_a_bounded_number_of_times(tmp_path, monkeypatch, tiny_encoder):
+@pytest.mark.slow  # review jobs with 4 tiny fold trainings
+def test_a_review_gives_way_to_the_loop_dropped_after_a_promotion_else_queued_again_a_bounded_number_of_times(
+    tmp_path, monkeypatch, tiny_encoder
+):
     from workers import review_job
     from workers.tasks import review as review_task
 
@@ -299,39 +301,54 @@ def test_a_review_gives_way_to_the_loop_a_bounded_number_of_times(tmp_path, monk
     monkeypatch.delenv("NERLOOP_LABEL_STUDIO_API_KEY", raising=False)
     monkeypatch.delenv("NERLOOP_BROKER_URL", raising=False)  # the embedded SQLite broker under the home
     get_settings.cache_clear()
-    monkeypatch.setattr(review_job, "GIVE_WAY_CHECK_SECONDS", 0.0)  # look at the first step, not after a second
     engine = init_db(get_settings().database_url)
+
+    def review_job_row(**arguments) -> int:
+        with Session(engine) as session:
+            job = Job(project_id=project_id, kind="review", arguments=arguments)
+            session.add(job)
+            session.commit()
+            return job.id
+
+    def queued_reviews() -> list[Job]:
+        with Session(engine) as session:
+            return session.exec(select(Job).where(Job.kind == "review", Job.status == "queued")).all()
+
     try:
         with Session(engine) as session:
             project = add_project_row(session)
             import_examples(session, project, toy_corpus(40, seed=1), dev_share=0.0)
             # A training sent to the broker, not yet taken by a worker; jobs that hold nothing up: a
-            # training never sent (the broker was down), an augmentation, a scoring already pushing.
+            # training never sent (the broker was down), an augmentation.
             training = Job(project_id=project.id, kind="train", sent_at=datetime.now(UTC))
-            pushing = Job(project_id=project.id, kind="score_pool", status="running", progress={"stage": "pushing"})
-            session.add_all([Job(project_id=project.id, kind="train"), training, Job(project_id=project.id, kind="augment"), pushing])
+            session.add_all([Job(project_id=project.id, kind="train"), training, Job(project_id=project.id, kind="augment")])
             session.commit()
-            project_id, training_id, pushing_id = project.id, training.id, pushing.id
-        assert review_job.loop_job_waiting() == training_id
+            project_id, training_id = project.id, training.id
+            judged = len(review.labelled_set(session, project_id))
+        assert review_job.loop_job_waiting() == (training_id, project_id)
 
-        outcome = run_review_job(engine, project_id)
-        assert outcome["skipped"] == f"gave way to job {training_id}; queued again behind it"
+        # Queued after a promotion: its own project's training goes first and the next push reviews again.
+        dropped = review_task(job_id=review_job_row(after_promotion=True), project_id=project_id, after_promotion=True, config=TINY_FOLDS)
+        assert dropped["skipped"].startswith(f"superseded: job {training_id} of this project runs first")
+        assert queued_reviews() == []
+
+        # Asked for: it queues itself again behind the training.
+        asked = review_task(job_id=review_job_row(), project_id=project_id, config=TINY_FOLDS)
+        assert asked["skipped"] == f"gave way to job {training_id}; queued again behind it"
+        [again] = queued_reviews()
+        assert again.arguments["gave_way"] == 1 and again.sent_at is not None  # sent, behind the training
+
+        # The training ran and queued its scoring, now under way: that holds the loop up too.
         with Session(engine) as session:
-            [again] = session.exec(select(Job).where(Job.kind == "review", Job.status == "queued")).all()
-            assert again.arguments["gave_way"] == 1 and again.sent_at is not None  # sent, behind the training
-            assert session.get(Job, training_id).status.value == "queued"
-            again_id, judged = again.id, len(review.labelled_set(session, project_id))
-            # The training ran and queued its scoring, whose shards are being scored: that holds the loop up too.
             session.get(Job, training_id).status = "succeeded"
-            scoring = session.get(Job, pushing_id)
-            scoring.progress = {"stage": "scoring"}
+            scoring = Job(project_id=project_id, kind="score_pool", status="running", progress={"stage": "pushing"})
             session.add(scoring)
             session.commit()
-        assert review_job.loop_job_waiting() == pushing_id
+            scoring_id = scoring.id
+        assert review_job.loop_job_waiting() == (scoring_id, project_id)
 
         # Given way MAX_GIVE_WAYS times, a review runs to the end whatever waits.
-        arguments = {"folds": 4, "config": TINY_FOLDS, "gave_way": review_job.MAX_GIVE_WAYS}
-        finished = review_task(job_id=again_id, project_id=project_id, **arguments)
+        finished = review_task(job_id=again.id, project_id=project_id, folds=4, config=TINY_FOLDS, gave_way=review_job.MAX_GIVE_WAYS)
         assert "skipped" not in finished and finished["tasks"] == judged
     finally:
         get_settings.cache_clear()

@@ -6,12 +6,15 @@ the annotations (``active_learning.label_quality.find_suspects``), and what revi
 before is not flagged again for the same reason. The suspects are stored in the job's fenced
 transaction, then pushed to Label Studio when the project is attached (``service.operations.review``).
 
-A review gives way to the loop: when a job annotators wait on is in the queue (a training sent and not
-yet taken, a scoring queued or with shards still to score, of any project), the review stops at its
-next step and queues itself again, behind it. Annotators wait on a promoted training's pre-annotations;
-nobody waits on a review (measured: a training queued during the review after the previous promotion
-waited 187 s of a 316 s loop, bench/loop_latency.py). At most ``MAX_GIVE_WAYS`` times: then it runs
-to the end, so messages that never run (a queue no worker reads) cannot starve it.
+A review gives way to the loop: when a job annotators wait on is in the queue or running (a training
+sent and not yet taken, a scoring queued, scoring or pushing, of any project), the review stops before
+loading a model or at its next step. Annotators wait on a promoted training's pre-annotations; nobody
+waits on a review (measured: a training queued during the review after the previous promotion waited
+187 s of a 316 s loop, bench/loop_latency.py). A review queued after a promotion that gives way to its
+own project's job is dropped: the review the next push queues covers the same labels and more (a
+training kept as candidate queues none: its labels are reviewed after the next promotion). Any other
+queues itself again behind the job, at most ``MAX_GIVE_WAYS`` times, so that jobs no worker takes
+cannot starve it.
 """
 
 from __future__ import annotations
@@ -38,24 +41,25 @@ MAX_GIVE_WAYS = 3  # a training, then the scoring it queues, and one to spare
 
 
 class GaveWay(Exception):
-    def __init__(self, job_id: int):
-        super().__init__(f"job {job_id} is waiting")
-        self.job_id = job_id
+    def __init__(self, job_id: int, project_id: int):
+        super().__init__(f"job {job_id} of project {project_id} is waiting")
+        self.job_id, self.project_id = job_id, project_id
 
 
-def loop_job_waiting() -> int | None:
-    """The id of a job the loop waits on that a review would hold up: a training or a scoring sent to
-    the broker and not yet taken, or a scoring whose shards are still being scored."""
+def loop_job_waiting() -> tuple[int, int] | None:
+    """(job id, project id) of a job the loop waits on that a review would hold up: a training or a
+    scoring sent to the broker and not yet taken, or a scoring under way (its shards, then its push,
+    may wait behind the review on a worker that reads both queues)."""
     with session_scope() as session:
-        sent = select(Job.id).where(Job.kind.in_(["train", "score_pool"]), Job.status == JobStatus.queued, Job.sent_at.is_not(None))
-        waiting = session.exec(sent.order_by(Job.id).limit(1)).first()
-        if waiting is not None:
-            return waiting
-        scoring = session.exec(select(Job).where(Job.kind == "score_pool", Job.status == JobStatus.running)).all()
-        return next((job.id for job in scoring if (job.progress or {}).get("stage") == "scoring"), None)
+        sent = (Job.kind.in_(["train", "score_pool"])) & (Job.status == JobStatus.queued) & Job.sent_at.is_not(None)
+        scoring = (Job.kind == "score_pool") & (Job.status == JobStatus.running)
+        waiting = session.exec(select(Job.id, Job.project_id).where(sent | scoring).order_by(Job.id).limit(1)).first()
+        return tuple(waiting) if waiting is not None else None
 
 
-def run_review(project_id: int, run: JobRun, folds: int = DEFAULT_FOLDS, config: dict | None = None, gave_way: int = 0) -> dict:
+def run_review(
+    project_id: int, run: JobRun, folds: int = DEFAULT_FOLDS, config: dict | None = None, gave_way: int = 0, after_promotion: bool = False
+) -> dict:
     settings = get_settings()
     fold_recipe = dataclasses.replace(fold_config(), **(config or {}))
     base = settings.base_model or default_base_model()
@@ -79,7 +83,7 @@ def run_review(project_id: int, run: JobRun, folds: int = DEFAULT_FOLDS, config:
         if gave_way < MAX_GIVE_WAYS and time.monotonic() - checked >= GIVE_WAY_CHECK_SECONDS:
             checked = time.monotonic()
             if (waiting := loop_job_waiting()) is not None:
-                raise GaveWay(waiting)
+                raise GaveWay(*waiting)
 
     def on_progress(done: float, k: int) -> None:
         run.update(step=round(done, 2))
@@ -92,9 +96,14 @@ def run_review(project_id: int, run: JobRun, folds: int = DEFAULT_FOLDS, config:
             [j.example for j in judged], labels, k=folds, base_model=base, config=fold_recipe, confirmed=confirmed, on_progress=on_progress
         )
     except GaveWay as way:
-        with session_scope() as session:  # behind the waiting job in the queue; coalesced with any review already queued
-            request_follow_up(session, project_id, "review", folds=folds, config=config, gave_way=gave_way + 1)
-        reason = f"gave way to job {way.job_id}; queued again behind it"
+        if after_promotion and way.project_id == project_id:
+            reason = f"superseded: job {way.job_id} of this project runs first, and the review after the next push covers these labels"
+        else:
+            with session_scope() as session:  # behind the waiting job in the queue; coalesced with any review already queued
+                request_follow_up(
+                    session, project_id, "review", folds=folds, config=config, gave_way=gave_way + 1, after_promotion=after_promotion
+                )
+            reason = f"gave way to job {way.job_id}; queued again behind it"
         run.finish(stage="done", tasks=len(judged), suspects=0, skipped=reason)
         return {"job_id": run.job_id, "skipped": reason}
     with run.owned() as session:

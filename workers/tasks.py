@@ -12,11 +12,11 @@ stored results are upserts.
   every ``NERLOOP_JOB_WAIT_SECONDS`` while Label Studio is unreachable (the predictions wait stored),
   then sends ``nerloop.prune_predictions(project_id, version_id)`` (cpu): the superseded versions'
   predictions leave Label Studio after the job is done, not on the annotators' wait.
-- ``nerloop.review(project_id, job_id, folds=4, config=None, gave_way=0)`` (gpu): label review,
-  queued after each promoted training and on demand: cross-fit from the base model, store the suspect
-  annotations, show them to reviewers in Label Studio. ``config``: fields of the fold models'
-  ``TrainConfig``. A training or scoring waiting in the queue makes it stop and queue itself again
-  behind it, ``gave_way`` counting how often (``workers.review_job``).
+- ``nerloop.review(project_id, job_id, folds=4, config=None, gave_way=0, after_promotion=False)``
+  (gpu): label review, queued after each promoted training's push (``after_promotion``) and on demand:
+  cross-fit from the base model, store the suspect annotations, show them to reviewers in Label
+  Studio. ``config``: fields of the fold models' ``TrainConfig``. It gives way to a training or
+  scoring in the queue (``workers.review_job``); ``gave_way`` counts how often.
 - ``nerloop.sync(project_id, job_id)`` (cpu): pull the annotations webhooks missed, then queue a
   training when one is due.
 - ``nerloop.augment(project_id, job_id, method, n, seed, params)`` (gpu for a method whose augmenter
@@ -123,7 +123,7 @@ def prune_predictions(project_id: int, version_id: int) -> dict:
 def _review_if(wanted: bool, project_id: int) -> None:
     if wanted:
         with session_scope() as session:
-            request_follow_up(session, project_id, "review")
+            request_follow_up(session, project_id, "review", after_promotion=True)
 
 
 @app.task(base=JobTask)  # one at a time per project: each dedupes against the stored ones
@@ -132,8 +132,10 @@ def augment(run: JobRun, project_id: int, method: str, n: int = 1, seed: int = 0
 
 
 @app.task(base=JobTask)
-def review(run: JobRun, project_id: int, folds: int = DEFAULT_FOLDS, config: dict | None = None, gave_way: int = 0) -> dict:
-    return run_review(project_id, run, folds, config, gave_way)
+def review(
+    run: JobRun, project_id: int, folds: int = DEFAULT_FOLDS, config: dict | None = None, gave_way: int = 0, after_promotion: bool = False
+) -> dict:
+    return run_review(project_id, run, folds, config, gave_way, after_promotion)
 
 
 @app.task(base=JobTask)
