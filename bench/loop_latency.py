@@ -124,6 +124,7 @@ def measure(args: argparse.Namespace, home: Path, stops: list) -> dict:
         del os.environ[key]
     os.environ.update(env)
     sys.path.insert(0, str(ROOT))
+    from label_studio_sdk.core.api_error import ApiError
     from sqlmodel import func, select
 
     from active_learning.demo_corpus import LABELS, generate
@@ -172,9 +173,17 @@ def measure(args: argparse.Namespace, home: Path, stops: list) -> dict:
             current = select(ModelVersion).where(ModelVersion.project_id == project_id, ModelVersion.status == ModelStatus.active)
             return detached(session, session.exec(current).first())
 
+    next_errors: list[str] = []  # Label Studio on SQLite can answer 500 to /next while the push writes
+
     def next_task_version() -> str | None:
         """The model version of the prediction on the task Label Studio serves next (as the labelling UI asks)."""
-        task = client._json("GET", f"api/projects/{ls_project_id}/next")
+        try:
+            task = client._json("GET", f"api/projects/{ls_project_id}/next")
+        except ApiError as error:
+            if (error.status_code or 0) < 500:
+                raise
+            next_errors.append(f"{time.perf_counter() - started:.1f} s: {error.status_code}")
+            return None
         predictions = task.get("predictions") or [] if isinstance(task, dict) else []
         return predictions[0].get("model_version") if predictions else None
 
@@ -275,6 +284,7 @@ def measure(args: argparse.Namespace, home: Path, stops: list) -> dict:
         "seconds_total": round(total, 3),
         "seconds_by_part": parts,
         "largest_part": largest,
+        "label_studio_next_errors": next_errors,  # seconds after the annotation: status
         "push_seconds_in_all": round(pushed - marks["pushing"], 3),  # the whole import: after the loop's end when the pool is large
         "export_and_check_seconds_in_the_worker": {k: version.metrics["onnx"][k] for k in ("export_seconds", "check_seconds")},
         "onnx_check": version.metrics["onnx"],

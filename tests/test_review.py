@@ -289,9 +289,7 @@ def test_suspects_reach_reviewers_in_label_studio_and_a_fix_clears_the_flag(work
 
 
 @pytest.mark.slow  # review jobs with 4 tiny fold trainings
-def test_a_review_gives_way_to_the_loop_dropped_after_a_promotion_else_queued_again_a_bounded_number_of_times(
-    tmp_path, monkeypatch, tiny_encoder
-):
+def test_a_review_after_a_promotion_gives_way_to_the_loop_and_one_asked_for_does_not(tmp_path, monkeypatch, tiny_encoder):
     from workers import review_job
     from workers.tasks import review as review_task
 
@@ -332,23 +330,27 @@ def test_a_review_gives_way_to_the_loop_dropped_after_a_promotion_else_queued_ag
         assert dropped["skipped"].startswith(f"superseded: job {training_id} of this project runs first")
         assert queued_reviews() == []
 
-        # Asked for: it queues itself again behind the training.
+        # Asked for (``nerloop review --run``): it runs as asked.
         asked = review_task(job_id=review_job_row(), project_id=project_id, config=TINY_FOLDS)
-        assert asked["skipped"] == f"gave way to job {training_id}; queued again behind it"
-        [again] = queued_reviews()
-        assert again.arguments["gave_way"] == 1 and again.sent_at is not None  # sent, behind the training
+        assert "skipped" not in asked and asked["tasks"] == judged
 
-        # The training ran and queued its scoring, now under way: that holds the loop up too.
+        # Another project's scoring under way: a review after a promotion queues itself again behind it.
         with Session(engine) as session:
             session.get(Job, training_id).status = "succeeded"
-            scoring = Job(project_id=project_id, kind="score_pool", status="running", progress={"stage": "pushing"})
+            other = add_project_row(session)
+            scoring = Job(project_id=other.id, kind="score_pool", status="running", progress={"stage": "pushing"})
             session.add(scoring)
             session.commit()
-            scoring_id = scoring.id
-        assert review_job.loop_job_waiting() == (scoring_id, project_id)
+            scoring_id, other_id = scoring.id, other.id
+        assert review_job.loop_job_waiting() == (scoring_id, other_id)
+        behind = review_task(job_id=review_job_row(after_promotion=True), project_id=project_id, after_promotion=True, config=TINY_FOLDS)
+        assert behind["skipped"] == f"gave way to job {scoring_id}; queued again behind it"
+        [again] = queued_reviews()
+        assert again.arguments["gave_way"] == 1 and again.arguments["after_promotion"] is True and again.sent_at is not None
 
-        # Given way MAX_GIVE_WAYS times, a review runs to the end whatever waits.
-        finished = review_task(job_id=again.id, project_id=project_id, folds=4, config=TINY_FOLDS, gave_way=review_job.MAX_GIVE_WAYS)
+        # Given way MAX_GIVE_WAYS times, it runs to the end whatever waits.
+        arguments = {**again.arguments, "config": TINY_FOLDS, "gave_way": review_job.MAX_GIVE_WAYS}
+        finished = review_task(job_id=again.id, project_id=project_id, **arguments)
         assert "skipped" not in finished and finished["tasks"] == judged
     finally:
         get_settings.cache_clear()

@@ -6,15 +6,15 @@ the annotations (``active_learning.label_quality.find_suspects``), and what revi
 before is not flagged again for the same reason. The suspects are stored in the job's fenced
 transaction, then pushed to Label Studio when the project is attached (``service.operations.review``).
 
-A review gives way to the loop: when a job annotators wait on is in the queue or running (a training
-sent and not yet taken, a scoring queued, scoring or pushing, of any project), the review stops before
-loading a model or at its next step. Annotators wait on a promoted training's pre-annotations; nobody
-waits on a review (measured: a training queued during the review after the previous promotion waited
-187 s of a 316 s loop, bench/loop_latency.py). A review queued after a promotion that gives way to its
-own project's job is dropped: the review the next push queues covers the same labels and more (a
-training kept as candidate queues none: its labels are reviewed after the next promotion). Any other
-queues itself again behind the job, at most ``MAX_GIVE_WAYS`` times, so that jobs no worker takes
-cannot starve it.
+A review queued after a promotion gives way to the loop: when a job annotators wait on is in the
+queue or running (a training sent and not yet taken, a scoring queued, scoring or pushing, of any
+project), it stops before loading a model or at its next step. Annotators wait on a promoted
+training's pre-annotations; nobody waits on that review (measured: a training queued during the
+review after the previous promotion waited 187 s of a 316 s loop, bench/loop_latency.py). Given way
+to its own project's job, it is dropped: the review the next push queues covers the same labels and
+more (a training kept as candidate queues none: its labels are reviewed after the next promotion).
+Given way to another project's, it queues itself again behind it, at most ``MAX_GIVE_WAYS`` times,
+so that jobs no worker takes cannot starve it. A review asked for runs as asked: it never gives way.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def run_review(
 
     def give_way_to_the_loop() -> None:
         nonlocal checked
-        if gave_way < MAX_GIVE_WAYS and time.monotonic() - checked >= GIVE_WAY_CHECK_SECONDS:
+        if after_promotion and gave_way < MAX_GIVE_WAYS and time.monotonic() - checked >= GIVE_WAY_CHECK_SECONDS:
             checked = time.monotonic()
             if (waiting := loop_job_waiting()) is not None:
                 raise GaveWay(*waiting)
@@ -96,13 +96,11 @@ def run_review(
             [j.example for j in judged], labels, k=folds, base_model=base, config=fold_recipe, confirmed=confirmed, on_progress=on_progress
         )
     except GaveWay as way:
-        if after_promotion and way.project_id == project_id:
+        if way.project_id == project_id:
             reason = f"superseded: job {way.job_id} of this project runs first, and the review after the next push covers these labels"
         else:
             with session_scope() as session:  # behind the waiting job in the queue; coalesced with any review already queued
-                request_follow_up(
-                    session, project_id, "review", folds=folds, config=config, gave_way=gave_way + 1, after_promotion=after_promotion
-                )
+                request_follow_up(session, project_id, "review", folds=folds, config=config, gave_way=gave_way + 1, after_promotion=True)
             reason = f"gave way to job {way.job_id}; queued again behind it"
         run.finish(stage="done", tasks=len(judged), suspects=0, skipped=reason)
         return {"job_id": run.job_id, "skipped": reason}
