@@ -173,16 +173,26 @@ def test_agreement_between_annotators_is_in_the_report(client):
 
 
 @pytest.fixture
-def worker_env(tmp_path, monkeypatch, tiny_encoder, label_studio):
-    """The environment a worker reads its settings from: this test's database, the tiny base model, the Label Studio."""
+def worker_home(tmp_path, monkeypatch, tiny_encoder):
+    """The environment a worker reads its settings from: this test's home and database, the tiny base
+    model, the embedded SQLite broker, no Label Studio. Yields the database's engine."""
     monkeypatch.setenv("NERLOOP_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("NERLOOP_DATABASE_URL", f"sqlite:///{tmp_path / 'nerloop.db'}")
     monkeypatch.setenv("NERLOOP_BASE_MODEL", str(tiny_encoder))
-    monkeypatch.setenv("NERLOOP_LABEL_STUDIO_URL", label_studio.url)
-    monkeypatch.setenv("NERLOOP_LABEL_STUDIO_API_KEY", label_studio.token)
+    for name in ("NERLOOP_BROKER_URL", "NERLOOP_LABEL_STUDIO_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()
     yield init_db(get_settings().database_url)
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def worker_env(worker_home, monkeypatch, label_studio):
+    """``worker_home`` with the Label Studio."""
+    monkeypatch.setenv("NERLOOP_LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("NERLOOP_LABEL_STUDIO_API_KEY", label_studio.token)
+    get_settings.cache_clear()
+    return worker_home
 
 
 def run_review_job(engine, project_id: int) -> dict:
@@ -285,21 +295,15 @@ def test_suspects_reach_reviewers_in_label_studio_and_a_fix_clears_the_flag(work
     browser.close()
 
 
-# ---- a review gives way to a training ------------------------------------------------------------------
+# ---- a review gives way to the loop ---------------------------------------------------------------------
 
 
 @pytest.mark.slow  # review jobs with 4 tiny fold trainings
-def test_a_review_after_a_promotion_gives_way_to_the_loop_and_one_asked_for_does_not(tmp_path, monkeypatch, tiny_encoder):
+def test_a_review_after_a_promotion_gives_way_to_the_loop_and_one_asked_for_does_not(worker_home):
     from workers import review_job
     from workers.tasks import review as review_task
 
-    for name, value in {"NERLOOP_HOME": str(tmp_path / "home"), "NERLOOP_DATABASE_URL": f"sqlite:///{tmp_path / 'nerloop.db'}",
-                        "NERLOOP_BASE_MODEL": str(tiny_encoder)}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("NERLOOP_LABEL_STUDIO_API_KEY", raising=False)
-    monkeypatch.delenv("NERLOOP_BROKER_URL", raising=False)  # the embedded SQLite broker under the home
-    get_settings.cache_clear()
-    engine = init_db(get_settings().database_url)
+    engine = worker_home
 
     def review_job_row(**arguments) -> int:
         with Session(engine) as session:
@@ -312,48 +316,45 @@ def test_a_review_after_a_promotion_gives_way_to_the_loop_and_one_asked_for_does
         with Session(engine) as session:
             return session.exec(select(Job).where(Job.kind == "review", Job.status == "queued")).all()
 
-    try:
-        with Session(engine) as session:
-            project = add_project_row(session)
-            import_examples(session, project, toy_corpus(40, seed=1), dev_share=0.0)
-            # A training sent to the broker, not yet taken by a worker; jobs that hold nothing up: a
-            # training never sent (the broker was down), an augmentation.
-            training = Job(project_id=project.id, kind="train", sent_at=datetime.now(UTC))
-            session.add_all([Job(project_id=project.id, kind="train"), training, Job(project_id=project.id, kind="augment")])
-            session.commit()
-            project_id, training_id = project.id, training.id
-            judged = len(review.labelled_set(session, project_id))
-        assert review_job.loop_job_waiting() == (training_id, project_id)
+    with Session(engine) as session:
+        project = add_project_row(session)
+        import_examples(session, project, toy_corpus(40, seed=1), dev_share=0.0)
+        # A training sent to the broker, not yet taken by a worker; jobs that hold nothing up: a
+        # training never sent (the broker was down), an augmentation.
+        training = Job(project_id=project.id, kind="train", sent_at=datetime.now(UTC))
+        session.add_all([Job(project_id=project.id, kind="train"), training, Job(project_id=project.id, kind="augment")])
+        session.commit()
+        project_id, training_id = project.id, training.id
+        judged = len(review.labelled_set(session, project_id))
+    assert review_job.loop_job_waiting() == (training_id, project_id)
 
-        # Queued after a promotion: its own project's training goes first and the next push reviews again.
-        dropped = review_task(job_id=review_job_row(after_promotion=True), project_id=project_id, after_promotion=True, config=TINY_FOLDS)
-        assert dropped["skipped"].startswith(f"superseded: job {training_id} of this project runs first")
-        assert queued_reviews() == []
+    # Queued after a promotion: its own project's training goes first and the next push reviews again.
+    dropped = review_task(job_id=review_job_row(after_promotion=True), project_id=project_id, after_promotion=True, config=TINY_FOLDS)
+    assert dropped["skipped"].startswith(f"superseded: job {training_id} of this project runs first")
+    assert queued_reviews() == []
 
-        # Asked for (``nerloop review --run``): it runs as asked.
-        asked = review_task(job_id=review_job_row(), project_id=project_id, config=TINY_FOLDS)
-        assert "skipped" not in asked and asked["tasks"] == judged
+    # Asked for (``nerloop review --run``): it runs as asked.
+    asked = review_task(job_id=review_job_row(), project_id=project_id, config=TINY_FOLDS)
+    assert "skipped" not in asked and asked["tasks"] == judged
 
-        # Another project's scoring under way: a review after a promotion queues itself again behind it.
-        with Session(engine) as session:
-            session.get(Job, training_id).status = "succeeded"
-            other = add_project_row(session)
-            scoring = Job(project_id=other.id, kind="score_pool", status="running", progress={"stage": "pushing"})
-            session.add(scoring)
-            session.commit()
-            scoring_id, other_id = scoring.id, other.id
-        assert review_job.loop_job_waiting() == (scoring_id, other_id)
-        behind = review_task(job_id=review_job_row(after_promotion=True), project_id=project_id, after_promotion=True, config=TINY_FOLDS)
-        assert behind["skipped"] == f"gave way to job {scoring_id}; queued again behind it"
-        [again] = queued_reviews()
-        assert again.arguments["gave_way"] == 1 and again.arguments["after_promotion"] is True and again.sent_at is not None
+    # Another project's scoring under way: a review after a promotion queues itself again behind it.
+    with Session(engine) as session:
+        session.get(Job, training_id).status = "succeeded"
+        other = add_project_row(session)
+        scoring = Job(project_id=other.id, kind="score_pool", status="running", progress={"stage": "pushing"})
+        session.add(scoring)
+        session.commit()
+        scoring_id, other_id = scoring.id, other.id
+    assert review_job.loop_job_waiting() == (scoring_id, other_id)
+    behind = review_task(job_id=review_job_row(after_promotion=True), project_id=project_id, after_promotion=True, config=TINY_FOLDS)
+    assert behind["skipped"] == f"gave way to job {scoring_id}; queued again behind it"
+    [again] = queued_reviews()
+    assert again.arguments["gave_way"] == 1 and again.arguments["after_promotion"] is True and again.sent_at is not None
 
-        # Given way MAX_GIVE_WAYS times, it runs to the end whatever waits.
-        arguments = {**again.arguments, "config": TINY_FOLDS, "gave_way": review_job.MAX_GIVE_WAYS}
-        finished = review_task(job_id=again.id, project_id=project_id, **arguments)
-        assert "skipped" not in finished and finished["tasks"] == judged
-    finally:
-        get_settings.cache_clear()
+    # Given way MAX_GIVE_WAYS times, it runs to the end whatever waits.
+    arguments = {**again.arguments, "config": TINY_FOLDS, "gave_way": review_job.MAX_GIVE_WAYS}
+    finished = review_task(job_id=again.id, project_id=project_id, **arguments)
+    assert "skipped" not in finished and finished["tasks"] == judged
 
 
 def add_project_row(session: Session) -> Project:
