@@ -2,7 +2,8 @@
 the moment Label Studio's next task carries the new version's prediction, broken down by stage.
 
 Set-up (not timed): a fresh nerloop home (SQLite database, the embedded SQLite broker), a Label Studio
-project (started with scripts/labelstudio.sh unless ``--label-studio-url`` is given) holding the
+project (started with scripts/labelstudio.sh unless ``--label-studio-url`` is given, on a database of
+its own on the local PostgreSQL as deployed, or on SQLite with ``--label-studio-db sqlite``) holding the
 ``--pool`` unlabelled tasks, ``--labelled`` ground-truth examples in nerloop (demo corpus,
 ``active_learning.demo_corpus``), one real ``nerloop worker --queues gpu,cpu`` (its default pool for
 the gpu queue: solo), and a first version trained, scored and pushed, so the timed round is the steady
@@ -19,7 +20,8 @@ Studio until its ``GET /api/projects/{id}/next`` answers a task whose prediction
 whole import). Writes bench/results/loop_latency.json.
 
     .venv/bin/python bench/loop_latency.py [--labelled 1000] [--pool 10000] [--base-model DIR]
-        [--train-config JSON] [--label-studio-url URL --label-studio-api-key KEY] [--out PATH]
+        [--train-config JSON] [--label-studio-db postgresql|sqlite] [--label-studio-url URL --label-studio-api-key KEY]
+        [--out PATH]
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pool", type=int, default=10_000)
     parser.add_argument("--base-model", default="", help="encoder directory (default: all-MiniLM-L6-v2)")
     parser.add_argument("--train-config", default="{}", help="NERLOOP_TRAIN_CONFIG for the worker (JSON)")
+    parser.add_argument("--label-studio-db", choices=("postgresql", "sqlite"), default="postgresql",
+                        help="the started Label Studio's database (postgresql: a fresh one on --postgres-url's server)")
+    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                        help="a PostgreSQL server and a user who may create databases")
     parser.add_argument("--label-studio-url", default="")
     parser.add_argument("--label-studio-api-key", default="")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds each phase may take")
@@ -68,8 +74,26 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_label_studio(data_dir: Path) -> tuple[str, str, dict]:
-    env = {**os.environ, "LS_DATA_DIR": str(data_dir)}
+def label_studio_database(postgres_url: str, name: str, stops: list) -> dict:
+    """A fresh PostgreSQL database for Label Studio, dropped at the end; its POSTGRE_* settings."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    with psycopg.connect(postgres_url, autocommit=True) as server:
+        server.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(postgres_url, autocommit=True) as server:
+            server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    stops.append(drop)
+    info = conninfo_to_dict(postgres_url)
+    return {"POSTGRE_NAME": name, "POSTGRE_HOST": info.get("host", "127.0.0.1"), "POSTGRE_PORT": str(info.get("port", 5432)),
+            "POSTGRE_USER": info.get("user", "postgres"), "POSTGRE_PASSWORD": info.get("password", "")}
+
+
+def start_label_studio(data_dir: Path, database: dict) -> tuple[str, str, dict]:
+    env = {**os.environ, "LS_DATA_DIR": str(data_dir), **database}
     script = str(ROOT / "scripts" / "labelstudio.sh")
     subprocess.run([script, "install"], env=env, check=True, capture_output=True)
     out = subprocess.run([script, "start", str(free_port())], env=env, check=True, capture_output=True, text=True).stdout
@@ -108,8 +132,12 @@ def stop_worker(worker: subprocess.Popen) -> None:
 
 
 def measure(args: argparse.Namespace, home: Path, stops: list) -> dict:
-    if not args.label_studio_url:
-        args.label_studio_url, args.label_studio_api_key, ls_env = start_label_studio(home / "label-studio")
+    started_label_studio = not args.label_studio_url
+    if started_label_studio:
+        database = {}
+        if args.label_studio_db == "postgresql":
+            database = label_studio_database(args.postgres_url, f"nerloop_bench_{home.name.rsplit('-', 1)[-1]}", stops)
+        args.label_studio_url, args.label_studio_api_key, ls_env = start_label_studio(home / "label-studio", database)
         script = str(ROOT / "scripts" / "labelstudio.sh")
         stops.append(lambda: subprocess.run([script, "stop"], env=ls_env, check=False, capture_output=True))
     env = {
@@ -124,6 +152,7 @@ def measure(args: argparse.Namespace, home: Path, stops: list) -> dict:
         del os.environ[key]
     os.environ.update(env)
     sys.path.insert(0, str(ROOT))
+    import httpx
     from label_studio_sdk.core.api_error import ApiError
     from sqlmodel import func, select
 
@@ -173,7 +202,7 @@ def measure(args: argparse.Namespace, home: Path, stops: list) -> dict:
             current = select(ModelVersion).where(ModelVersion.project_id == project_id, ModelVersion.status == ModelStatus.active)
             return detached(session, session.exec(current).first())
 
-    next_errors: list[str] = []  # Label Studio on SQLite can answer 500 to /next while the push writes
+    next_errors: list[str] = []  # Label Studio on SQLite can answer 500 to /next, or not at all, while the push writes
 
     def next_task_version() -> str | None:
         """The model version of the prediction on the task Label Studio serves next (as the labelling UI asks)."""
@@ -183,6 +212,9 @@ def measure(args: argparse.Namespace, home: Path, stops: list) -> dict:
             if (error.status_code or 0) < 500:
                 raise
             next_errors.append(f"{time.perf_counter() - started:.1f} s: {error.status_code}")
+            return None
+        except httpx.TimeoutException:  # what an annotator would see as a page that never loads
+            next_errors.append(f"{time.perf_counter() - started:.1f} s: no answer within the client's timeout")
             return None
         predictions = task.get("predictions") or [] if isinstance(task, dict) else []
         return predictions[0].get("model_version") if predictions else None
@@ -278,6 +310,7 @@ def measure(args: argparse.Namespace, home: Path, stops: list) -> dict:
         "labelled": args.labelled,
         "pool": len(pool),
         "train_config": json.loads(args.train_config),
+        "label_studio_database": args.label_studio_db if started_label_studio else "unknown (given --label-studio-url)",
         "first_version": first.name if first else None,
         "new_version": version.name,
         "promoted": promotion,

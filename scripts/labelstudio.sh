@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# A local Label Studio for nerloop's tests and demo: headless, on loopback, SQLite, with a fixed user
-# and a fixed legacy API token.
+# A local Label Studio for nerloop's tests and demo: headless, on loopback, with a fixed user and a
+# fixed legacy API token. Its database is SQLite, or PostgreSQL as deployed (docker-compose.yml) when
+# the caller sets POSTGRE_NAME (and, if not the defaults below, POSTGRE_HOST/PORT/USER/PASSWORD): the
+# database must exist.
 #
 #   scripts/labelstudio.sh install        install label-studio into .venv-ls (idempotent)
 #   scripts/labelstudio.sh start [PORT]   start it in the background (default port 8089) and print
@@ -8,7 +10,7 @@
 #   scripts/labelstudio.sh pat [PORT]     print LABEL_STUDIO_PAT=<personal access token> for the same user
 #   scripts/labelstudio.sh stop           stop it
 #
-# Data (SQLite database, media, log, pid file) lives in $LS_DATA_DIR, default .nerloop/label-studio.
+# Data (SQLite database if used, media, log, pid file) lives in $LS_DATA_DIR, default .nerloop/label-studio.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -120,6 +122,12 @@ start_ls() {
     fi
     # label-studio silently moves to the next free port when its port is taken; refuse instead.
     port_in_use "$port" && die "port $port is in use by another process"
+    local database=(DJANGO_DB=sqlite)
+    if [[ -n "${POSTGRE_NAME:-}" ]]; then
+        database=(DJANGO_DB=default POSTGRE_NAME="$POSTGRE_NAME" POSTGRE_HOST="${POSTGRE_HOST:-127.0.0.1}"
+            POSTGRE_PORT="${POSTGRE_PORT:-5432}" POSTGRE_USER="${POSTGRE_USER:-postgres}"
+            POSTGRE_PASSWORD="${POSTGRE_PASSWORD:-}")
+    fi
 
     # A clean environment: its settings also read bare names (HOST, PORT, USERNAME, CI, DEBUG,
     # DATABASE_NAME, ...), which a caller's environment must not leak into.
@@ -128,7 +136,7 @@ start_ls() {
         HOME="${HOME:-/tmp}" \
         LANG=C.UTF-8 \
         LABEL_STUDIO_BASE_DATA_DIR="$LS_DATA_DIR" \
-        DJANGO_DB=sqlite \
+        "${database[@]}" \
         LABEL_STUDIO_USERNAME="$LS_USERNAME" \
         LABEL_STUDIO_PASSWORD="$LS_PASSWORD" \
         LABEL_STUDIO_USER_TOKEN="$LS_TOKEN" \

@@ -1,5 +1,6 @@
-"""bench/loop_latency.py runs in the suite at tiny sizes (tiny encoder, a few tasks, a real Label Studio
-and a real worker), so the benchmark cannot rot; its JSON breaks the loop down into parts that add up."""
+"""bench/loop_latency.py runs in the suite at tiny sizes (tiny encoder, a few tasks, a real worker, a real
+Label Studio it starts on a PostgreSQL database of its own, as deployed), so the benchmark cannot rot;
+its JSON breaks the loop down into parts that add up."""
 
 from __future__ import annotations
 
@@ -8,17 +9,22 @@ import os
 import subprocess
 import sys
 
+import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
+from servers import POSTGRES_URL
 from support import REPO, TINY_TRAIN
 
 
 @pytest.mark.integration
 def test_the_loop_latency_benchmark_runs_at_tiny_sizes(label_studio, tiny_encoder, tmp_path):
+    # label_studio: the session's server is not used, but its fixture installs Label Studio's venv
+    server = make_url(POSTGRES_URL).set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
     out = tmp_path / "loop_latency.json"
     command = [sys.executable, str(REPO / "bench" / "loop_latency.py"), "--labelled", "30", "--pool", "40",
                "--base-model", str(tiny_encoder), "--train-config", json.dumps({**TINY_TRAIN, "epochs": 3}),
-               "--label-studio-url", label_studio.url, "--label-studio-api-key", label_studio.token, "--timeout", "240", "--out", str(out)]
+               "--postgres-url", server, "--timeout", "240", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -35,3 +41,7 @@ def test_the_loop_latency_benchmark_runs_at_tiny_sizes(label_studio, tiny_encode
     assert document["largest_part"] in parts and document["scoring_progress"]["scored"] == 40
     assert document["training_progress"]["stage"] == "done"
     assert document["promoted"] == "by the rule" or document["promoted"].startswith("by hand (dev F1")
+    assert document["label_studio_database"] == "postgresql"
+    with psycopg.connect(server) as connection:  # the benchmark dropped the database it made
+        left = connection.execute("SELECT datname FROM pg_database WHERE datname LIKE 'nerloop_bench_%'").fetchall()
+    assert left == []
