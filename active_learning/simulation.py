@@ -106,21 +106,45 @@ def simulate(
     on_stage: Progress | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
     on_result: Callable[[RoundResult], None] | None = None,
+    on_document: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run the simulation; return the curve document (see ``write_results``).
 
     ``on_stage(message)`` announces each training and scoring, ``on_step`` reports training steps,
-    ``on_result`` each F1 as soon as it is measured (the full pool's under strategy "full_pool").
+    ``on_result`` each F1 as soon as it is measured (the full pool's under strategy "full_pool"),
+    ``on_document`` the document so far after each (``"complete": False`` until the last), so that a
+    long run stopped half-way keeps what it measured.
     """
     on_stage = on_stage or (lambda _: None)
-    on_result = on_result or (lambda _: None)
+    reported = on_result or (lambda _: None)
     labels = list(labels)
     base_model = config.base_model or default_base_model()
     costs = np.array([token_count(e) if config.unit == "tokens" else 1 for e in pool])
     pool_tokens = int(sum(token_count(e) for e in pool))
     stop_texts = [pool[i].text for i in stopping.stop_set([content_hash(e.text) for e in pool])]
-    rounds: list[RoundResult] = []
+    rounds: list[RoundResult] = []  # of the arms finished; an arm's rounds so far are in ``running``
+    running: list[RoundResult] = []
     full_pool_f1: dict[int, float] = {}
+
+    def document(complete: bool) -> dict:
+        done = {
+            "config": {**asdict(config), "labels": labels},
+            "complete": complete,
+            "pool": {"sentences": len(pool), "tokens": pool_tokens},
+            "test": {"sentences": len(test)},
+            "stop_set": {"sentences": len(stop_texts)},
+            "full_pool_f1": {str(k): v for k, v in full_pool_f1.items()},
+            "rounds": [asdict(r) for r in rounds + running],
+        }
+        done["summary"] = summarize(done)
+        return done
+
+    def on_result(result: RoundResult) -> None:
+        if result.strategy != "full_pool":
+            running.append(result)
+        reported(result)
+        if on_document:
+            on_document(document(complete=False))
 
     def test_f1(tagger: Tagger) -> float:
         return evaluate(test, [p.entity_spans for p in tagger.predict([e.text for e in test])]).f1
@@ -146,17 +170,8 @@ def simulate(
                     arm, strategy, seed, seed_set, pool, costs, pool_tokens, stop_texts, labels, base_model,
                     train_config(seed), config, self_training, Path(versions), test_f1, on_stage, on_step, on_result,
                 )
-
-    document = {
-        "config": {**asdict(config), "labels": labels},
-        "pool": {"sentences": len(pool), "tokens": pool_tokens},
-        "test": {"sentences": len(test)},
-        "stop_set": {"sentences": len(stop_texts)},
-        "full_pool_f1": {str(k): v for k, v in full_pool_f1.items()},
-        "rounds": [asdict(r) for r in rounds],
-    }
-    document["summary"] = summarize(document)
-    return document
+            running.clear()
+    return document(complete=True)
 
 
 def _run_arm(
@@ -243,6 +258,8 @@ def summarize(document: dict) -> dict:
     full = list(document["full_pool_f1"].values())
     full_f1 = float(np.mean(full)) if full else None
     curves = {name: _mean_curve(rounds, name) for name in strategies}
+    if not curves:  # a run stopped before its first round
+        return {}
     low = max(c[0][0] for c in curves.values())
     high = min(c[0][-1] for c in curves.values())
     grid = np.linspace(low, high, 200) if high > low else None
@@ -317,11 +334,13 @@ def plot_curves(document: dict, path: str | Path) -> None:
 
 
 def write_results(document: dict, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``curve.json`` and ``curve.png`` into ``out_dir``; return their paths."""
+    """Write ``curve.json`` and ``curve.png`` into ``out_dir``; return their paths. Each is written
+    beside and renamed into place, so a reader (or a run interrupted while writing) never sees half a file."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    curve = out_dir / "curve.json"
-    curve.write_text(json.dumps(document, indent=2))
-    png = out_dir / "curve.png"
-    plot_curves(document, png)
+    curve, png = out_dir / "curve.json", out_dir / "curve.png"
+    (out_dir / ".curve.json.partial").write_text(json.dumps(document, indent=2))
+    plot_curves(document, out_dir / ".curve.partial.png")
+    (out_dir / ".curve.json.partial").replace(curve)
+    (out_dir / ".curve.partial.png").replace(png)
     return curve, png

@@ -53,11 +53,11 @@ def spread(values: list) -> dict:
     }
 
 
-def per_seed_summaries(document: dict) -> dict[int, dict]:
+def per_seed_summaries(document: dict, seeds: list[int]) -> dict[int, dict]:
     from active_learning.simulation import summarize
 
     out = {}
-    for seed in document["config"]["seeds"]:
+    for seed in seeds:
         part = {
             "full_pool_f1": {k: v for k, v in document["full_pool_f1"].items() if k == str(seed)},
             "rounds": [r for r in document["rounds"] if r["seed"] == seed],
@@ -110,23 +110,35 @@ def main() -> None:
     ]
     started = time.time()
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}  # round results show up in a log as they come
-    subprocess.run([str(ROOT / ".venv" / "bin" / command[0]), *command[1:]], check=True, cwd=ROOT, env=environment)
+    (run_dir / "curve.json").unlink(missing_ok=True)
+    # Stopped half-way (SIGINT to the simulation: `pkill -INT -f "nerloop simulate"`), what it measured
+    # is still summarised, marked partial.
+    done = subprocess.run([str(ROOT / ".venv" / "bin" / command[0]), *command[1:]], cwd=ROOT, env=environment)
     elapsed = time.time() - started
+    if not (run_dir / "curve.json").exists():
+        sys.exit(f"the simulation wrote no curve (exit status {done.returncode})")
     document = json.loads((run_dir / "curve.json").read_text())
-    by_seed = per_seed_summaries(document)
+    if done.returncode != 0 and document.get("complete", True):
+        sys.exit(f"the simulation failed (exit status {done.returncode})")
+    seeds = sorted({r["seed"] for r in document["rounds"]}) if not document.get("complete", True) else seeds
+    by_seed = per_seed_summaries(document, seeds)
     arms = {}
     for arm in document["summary"]:
         arms[arm] = {
             "mean_curve": {k: document["summary"][arm][k] for k in METRICS},  # of the seed-averaged curve
-            **{k: spread([by_seed[seed][arm][k] for seed in seeds]) for k in METRICS},  # per seed, then mean and spread
+            # per seed, then mean and spread (a partial run: the seeds that reached this arm)
+            **{k: spread([by_seed[seed][arm][k] for seed in seeds if arm in by_seed[seed]]) for k in METRICS},
         }
     invocation = " ".join(["python", "bench/al_conll2003.py", *sys.argv[1:]])
     results = {
         "reduced": args.reduced,
         "note": (
-            "REDUCED RUN (smaller pool and test set, fewer rounds, as labelled): a check that the path works, not the benchmark"
+            "PARTIAL RUN: stopped before every seed and arm finished; per arm, the seeds that reached it"
+            if not document.get("complete", True)
+            else "REDUCED RUN (smaller pool and test set, fewer rounds, or fewer than 3 seeds): not the full benchmark"
             if args.reduced or len(seeds) < 3 else "full protocol"
         ),
+        "complete": document.get("complete", True),
         "dataset": args.dataset,
         "caveat": (
             "all-MiniLM-L6-v2's English WordPiece vocabulary maps most Chinese characters to [UNK]: Weibo F1 here measures the "

@@ -1,5 +1,7 @@
 import json
+import signal
 import subprocess
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -22,10 +24,14 @@ def test_simulation_end_to_end_on_a_small_slice(tiny_encoder):
         strategies=["mnlp", "bald", "random"], seed_size=150, batch=60, rounds=2, unit="tokens",
         base_model=str(tiny_encoder), mc_samples=3, train=FAST,
     )
-    seen = []
-    document = simulate(pool, test, LABELS, config, on_result=seen.append)
+    seen, partial = [], []
+    document = simulate(pool, test, LABELS, config, on_result=seen.append, on_document=partial.append)
     rounds = document["rounds"]
     assert len(rounds) == 3 * 3 and len(seen) == 3 * 3 + 1  # + the full-pool run
+    # the document so far after every training: the full pool's alone first, then a round more each time
+    assert len(partial) == len(seen) and not any(d["complete"] for d in partial) and document["complete"]
+    assert [len(d["rounds"]) for d in partial] == list(range(len(seen))) and partial[0]["summary"] == {}
+    assert partial[-1]["rounds"] == rounds and partial[4]["summary"]["mnlp"]["final_f1"] == rounds[2]["f1"]
     pool_tokens = sum(token_count(e) for e in pool)
     assert document["pool"] == {"sentences": 120, "tokens": pool_tokens}
     for name in ("mnlp", "bald", "random"):
@@ -83,6 +89,28 @@ def test_cli_simulate_writes_curve_and_plot(tiny_encoder, tmp_path):
     assert document["pool"]["sentences"] == 80 and document["test"]["sentences"] == 20  # 20% held out
     assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "Summary" in result.stdout and "curve.png" in result.stdout
+
+
+@pytest.mark.slow
+def test_cli_simulate_stopped_half_way_keeps_what_it_measured(tiny_encoder, tmp_path):
+    data = tmp_path / "toy.jsonl"
+    write_jsonl(toy_corpus(100, seed=4), data)
+    out = tmp_path / "run"
+    simulation = subprocess.Popen(  # 60 rounds: far more than it can run before the interrupt
+        [*NERLOOP, "simulate", "--data", str(data), "--base-model", str(tiny_encoder), "--strategies", "mnlp,random",
+         "--seed-size", "20", "--batch", "1", "--rounds", "60", "--epochs", "1", "--min-steps", "0", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not (out / "curve.json").exists() and simulation.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    simulation.send_signal(signal.SIGINT)
+    output, _ = simulation.communicate(timeout=120)
+    assert simulation.returncode == 130, output
+    assert "interrupted" in output
+    document = json.loads((out / "curve.json").read_text())
+    assert document["complete"] is False and "0" in document["full_pool_f1"]
+    assert {r["strategy"] for r in document["rounds"]} <= {"mnlp"}  # random's turn never came
 
 
 @pytest.mark.parametrize(

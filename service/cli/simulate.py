@@ -39,7 +39,7 @@ def simulate(
     dev_share: float = typer.Option(0.2, min=0.0, max=0.95, help="Hash-chosen dev share of the labelled set (the service's rule)"),
     self_training_threshold: float = typer.Option(0.99, help="+self_training arms: task confidence a pool text needs for a pseudo-label"),
     self_training_weight: float = typer.Option(0.5, help="+self_training arms: loss weight of a pseudo-labelled text"),
-    out: Path = typer.Option(Path("runs/simulate"), help="Output folder for curve.json and curve.png"),
+    out: Path = typer.Option(Path("runs/simulate"), help="Output folder for curve.json and curve.png (rewritten after each training)"),
 ):
     """Run the active-learning loop with gold labels standing in for annotators."""
     from active_learning.recipe import SelfTraining
@@ -96,7 +96,14 @@ def simulate(
                 + (" · [bold]stopping signal[/bold]" if result.stop_fired else "")
             )
 
-        document = run_simulation(pool, test_set, labels, config, on_stage=on_stage, on_step=on_step, on_result=on_result)
+        try:
+            document = run_simulation(
+                pool, test_set, labels, config, on_stage=on_stage, on_step=on_step, on_result=on_result,
+                on_document=lambda partial: write_results(partial, out),
+            )
+        except KeyboardInterrupt:
+            console.print(f"\n[bold]interrupted[/bold]: {out / 'curve.json'} holds the trainings that finished (\"complete\": false)")
+            raise typer.Exit(130) from None
     curve, png = write_results(document, out)
     print_summary(document)
     console.print(f"\ncurve: [bold]{curve}[/bold]\nplot:  [bold]{png}[/bold]")
