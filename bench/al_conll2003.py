@@ -115,11 +115,9 @@ def main() -> None:
     # is still summarised, marked partial.
     done = subprocess.run([str(ROOT / ".venv" / "bin" / command[0]), *command[1:]], cwd=ROOT, env=environment)
     elapsed = time.time() - started
-    if not (run_dir / "curve.json").exists():
-        sys.exit(f"the simulation wrote no curve (exit status {done.returncode})")
-    document = json.loads((run_dir / "curve.json").read_text())
-    if done.returncode != 0 and document.get("complete", True):
+    if done.returncode not in (0, 130) or not (run_dir / "curve.json").exists():  # 130: interrupted
         sys.exit(f"the simulation failed (exit status {done.returncode})")
+    document = json.loads((run_dir / "curve.json").read_text())
     seeds = sorted({r["seed"] for r in document["rounds"]}) if not document.get("complete", True) else seeds
     by_seed = per_seed_summaries(document, seeds)
     arms = {}
