@@ -100,6 +100,8 @@ def test_cli_simulate_stopped_half_way_keeps_what_it_measured(tiny_encoder, tmp_
         [*NERLOOP, "simulate", "--data", str(data), "--base-model", str(tiny_encoder), "--strategies", "mnlp,random",
          "--seed-size", "20", "--batch", "1", "--rounds", "60", "--epochs", "1", "--min-steps", "0", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # a shell without job control starts background jobs with SIGINT ignored, and Python keeps it so
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 240
     while not (out / "curve.json").exists() and simulation.poll() is None and time.monotonic() < deadline:
