@@ -122,8 +122,7 @@ def simulate(
     costs = np.array([token_count(e) if config.unit == "tokens" else 1 for e in pool])
     pool_tokens = int(sum(token_count(e) for e in pool))
     stop_texts = [pool[i].text for i in stopping.stop_set([content_hash(e.text) for e in pool])]
-    rounds: list[RoundResult] = []  # of the arms finished; an arm's rounds so far are in ``running``
-    running: list[RoundResult] = []
+    rounds: list[RoundResult] = []
     full_pool_f1: dict[int, float] = {}
 
     def document(complete: bool) -> dict:
@@ -134,14 +133,14 @@ def simulate(
             "test": {"sentences": len(test)},
             "stop_set": {"sentences": len(stop_texts)},
             "full_pool_f1": {str(k): v for k, v in full_pool_f1.items()},
-            "rounds": [asdict(r) for r in rounds + running],
+            "rounds": [asdict(r) for r in rounds],
         }
         done["summary"] = summarize(done)
         return done
 
     def on_result(result: RoundResult) -> None:
         if result.strategy != "full_pool":
-            running.append(result)
+            rounds.append(result)
         reported(result)
         if on_document:
             on_document(document(complete=False))
@@ -166,21 +165,20 @@ def simulate(
             name, self_training = arm_strategy(arm)
             strategy = make_strategy(name, seed, mc_samples=config.mc_samples)
             with tempfile.TemporaryDirectory(prefix="nerloop-simulate-") as versions:
-                rounds += _run_arm(
+                _run_arm(
                     arm, strategy, seed, seed_set, pool, costs, pool_tokens, stop_texts, labels, base_model,
                     train_config(seed), config, self_training, Path(versions), test_f1, on_stage, on_step, on_result,
                 )
-            running.clear()
     return document(complete=True)
 
 
 def _run_arm(
     arm, strategy, seed, seed_set, pool, costs, pool_tokens, stop_texts, labels, base_model,
     train_config, config, self_training, versions, test_f1, on_stage, on_step, on_result,
-) -> list[RoundResult]:
-    """One arm's rounds, as the service would run them: one recipe call per round, the active version
-    kept (and saved under ``versions`` for the next warm start) only when promoted."""
-    results: list[RoundResult] = []
+) -> None:
+    """One arm's rounds, as the service would run them, each reported to ``on_result``: one recipe call
+    per round, the active version kept (and saved under ``versions`` for the next warm start) only when
+    promoted."""
     labelled = list(seed_set)
     active: Tagger | None = None
     active_path: str | None = None
@@ -210,14 +208,13 @@ def _run_arm(
             active_path = str(versions / f"round{round_number}")
             active.save(active_path)
             active_f1 = test_f1(active)
-        results.append(
+        on_result(
             RoundResult(
                 arm, seed, round_number, len(labelled), tokens, tokens / pool_tokens, active_f1,
                 promoted=outcome.promote, dev_size=len(dev), dev_f1=version_dev_f1[-1], steps=outcome.result.steps,
                 pseudo_labelled=len(pseudo), kappa=kappa, stop_fired=signal.fired, f1_slope_per_1k_tokens=signal.f1_slope_per_1k_tokens,
             )
         )
-        on_result(results[-1])
         if round_number == config.rounds:
             break
         taken = set(labelled)
@@ -233,7 +230,6 @@ def _run_arm(
             chosen = set(picked)
             rest = [k for k in range(len(unlabelled)) if k not in chosen]
             pseudo = recipe.pseudo_labels([pool[unlabelled[k]].text for k in rest], [predictions[k] for k in rest], config.self_training)
-    return results
 
 
 def _mean_curve(rounds: list[dict], strategy: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
