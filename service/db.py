@@ -22,10 +22,15 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 _engines: dict[str, Engine] = {}
 
+# SQLite lets one writer in at a time and the others wait for it. The largest import (10,000 tasks
+# with their annotations) holds the lock for seconds on a loaded 2-core machine, and a write that
+# waits longer than this fails (503, see api/errors.py), so the wait is generous.
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
 
 def _sqlite_pragmas(connection, _record) -> None:
     cursor = connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=10000")  # first, so the pragmas below wait for a lock too
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # first, so the pragmas below wait for a lock too
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")  # API, worker and CLI share the file
     cursor.close()

@@ -194,7 +194,8 @@ def test_health_answers_within_a_second_while_the_largest_requests_run(tmp_path,
                 latencies.append(time.perf_counter() - started)
                 time.sleep(0.05)
             answers = [f.result() for f in running]
-    assert [a.status_code for a in answers] == [201, 201, 200], [a.text[:300] for a in answers]
+    log = (tmp_path / "serve.log").read_text()
+    assert [a.status_code for a in answers] == [201, 201, 200], ([a.text[:300] for a in answers], log[-4000:])
     assert len(latencies) >= 5  # the probe ran while the heavy requests did
     assert max(latencies) < 1.0, sorted(latencies)[-5:]
 
@@ -315,6 +316,29 @@ def test_parallel_identical_imports_all_succeed(secured, monkeypatch):
     assert sum(r["created"] for r in reports) == 50 and all(r["created"] + r["duplicates"] == 50 for r in reports)
     with Session(secured.app.state.engine) as session:
         assert len(session.exec(select(Task)).all()) == 50
+
+
+def test_a_write_that_outwaits_the_sqlite_lock_answers_503_and_stores_nothing(secured, monkeypatch):
+    import sqlite3
+
+    from service import db
+
+    project = add_project(secured)
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    secured.app.state.engine.dispose()  # new connections take the short wait
+    holder = sqlite3.connect(secured.app.state.engine.url.database)
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the one file's write lock
+    try:
+        locked = secured.post(f"{API}/projects/{project.id}/tasks", json={"tasks": [{"text": "alice met bob"}]}, headers=AUTH)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert locked.status_code == 503 and locked.headers["Retry-After"] == "5", locked.text
+    assert "retry" in locked.json()["detail"][0]["message"]
+    with Session(secured.app.state.engine) as session:
+        assert session.exec(select(Task)).all() == []
+    retried = secured.post(f"{API}/projects/{project.id}/tasks", json={"tasks": [{"text": "alice met bob"}]}, headers=AUTH)
+    assert retried.status_code == 201 and retried.json()["created"] == 1
 
 
 @pytest.mark.integration

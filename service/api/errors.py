@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from active_learning.errors import Loc, format_loc
@@ -79,6 +80,16 @@ async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONRes
     return JSONResponse(_body([(field, message)]), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
+async def _database_error(request: Request, exc: OperationalError) -> JSONResponse:
+    """SQLite's "database is locked": another write held the one file past the busy timeout. Nothing
+    was written (the transaction rolled back), so the client may simply retry."""
+    if "database is locked" not in str(exc.orig):
+        return await _unexpected(request, exc)
+    logger.warning("%s %s: the database stayed locked by another write; answered 503", request.method, request.url.path)
+    message = "the database is busy with another write; nothing was stored, retry"
+    return JSONResponse(_body([(None, message)]), status_code=503, headers={"Retry-After": "5"})
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse(_body([(None, "internal error; see the server log")]), status_code=500)
@@ -89,6 +100,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(Unauthorized, _unauthorized)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(OperationalError, _database_error)
     app.add_exception_handler(Exception, _unexpected)
 
 
