@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--seed-share", type=float, default=None, help="seed set, share of pool tokens (default 0.02; reduced 0.05)")
     parser.add_argument("--batch-share", type=float, default=None, help="per round, share of pool tokens (default 0.04; reduced 0.05)")
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--min-steps", type=int, default=1000, help="per training (the workers' default, TrainConfig.min_steps)")
     args = parser.parse_args()
     dataset = DATASETS[args.dataset]
     reduced = {"pool_size": 1000, "test_size": 300, "rounds": 4, "seed_share": 0.05, "batch_share": 0.05} if args.reduced else {}
@@ -105,7 +106,7 @@ def main() -> None:
         "--pool-size", str(chosen["pool_size"]), "--test-size", str(chosen["test_size"]),
         "--strategies", args.arms, "--seeds", args.seeds,
         "--unit", "tokens", "--seed-size", str(seed_size), "--batch", str(batch), "--rounds", str(chosen["rounds"]),
-        "--epochs", str(args.epochs), "--min-steps", "150",
+        "--epochs", str(args.epochs), "--min-steps", str(args.min_steps),
         "--out", str(run_dir.relative_to(ROOT)),
     ]
     started = time.time()

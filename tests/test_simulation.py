@@ -115,6 +115,16 @@ def test_cli_simulate_stopped_half_way_keeps_what_it_measured(tiny_encoder, tmp_
     assert {r["strategy"] for r in document["rounds"]} <= {"mnlp"}  # random's turn never came
 
 
+def test_cli_simulate_trains_with_the_workers_defaults():
+    import inspect
+
+    from service.cli.simulate import simulate
+
+    defaults = {name: p.default for name, p in inspect.signature(simulate).parameters.items()}
+    for field in ("epochs", "min_steps", "learning_rate", "batch_size"):
+        assert defaults[field] == getattr(TrainConfig, field), field
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [

@@ -30,8 +30,9 @@ def simulate(
     pool_size: int = typer.Option(0, help="Sample this many pool sentences (0: all)"),
     test_size: int = typer.Option(0, help="Sample this many test sentences (0: all)"),
     base_model: str | None = typer.Option(None, help="Hugging Face model directory or id; default: all-MiniLM-L6-v2 (offline)"),
+    # TrainConfig's defaults, written out (see common.py); test_simulation checks they agree
     epochs: Epochs = 10,
-    min_steps: MinSteps = 150,
+    min_steps: MinSteps = 1000,
     learning_rate: LearningRate = 1e-4,
     batch_size: BatchSize = 16,
     mc_samples: int = typer.Option(BALD.mc_samples, help="MC-dropout passes for BALD"),
