@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--pool-size", type=int, default=4000)
     parser.add_argument("--test-size", type=int, default=1000)
+    parser.add_argument("--base-model", default=None, help="default: all-MiniLM-L6-v2 (offline)")
     parser.add_argument("--out", type=Path, default=RESULTS / "recipe_steps.json")
     args = parser.parse_args()
     shares = [float(s) for s in args.shares.split(",")]
@@ -58,7 +59,7 @@ def main() -> None:
     pool, test = load_pool_and_test(DATA, None, args.pool_size, args.test_size, args.seed)
     labels = labels_of(pool, test)
     costs = np.array([token_count(e) for e in pool])
-    base = default_base_model()
+    base = args.base_model or default_base_model()
     document = {
         "command": "PYTHONUNBUFFERED=1 .venv/bin/python bench/recipe_steps.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",

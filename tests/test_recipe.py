@@ -185,3 +185,26 @@ def test_the_simulation_and_the_train_job_run_the_same_recipe(tiny_encoder, tmp_
     assert job.pseudo == simulated.pseudo == []
     assert job_active is None and simulated_active is None
 
+
+
+# ---- bench/recipe_steps.py at tiny sizes, so the benchmark cannot rot -------------------------------
+
+
+def test_the_recipe_steps_benchmark_runs_at_tiny_sizes(shared_data, tiny_encoder, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from support import REPO
+
+    out = tmp_path / "recipe_steps.json"
+    command = [sys.executable, str(REPO / "bench" / "recipe_steps.py"), "--pool-size", "60", "--test-size", "20",
+               "--shares", "0.5", "--min-steps", "2,6", "--epochs", "1", "--base-model", str(tiny_encoder), "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    document = json.loads(out.read_text())
+    assert document["complete"] is True and document["pool"]["sentences"] == 60
+    few, more = document["trainings"]
+    assert few["sentences"] == more["sentences"] and few["tokens"] <= document["pool"]["tokens"] // 2
+    assert few["train_sentences"] + few["dev_sentences"] == few["sentences"]
+    assert few["steps"] < more["steps"] and more["steps"] >= 6
