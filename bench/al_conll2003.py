@@ -67,6 +67,8 @@ def per_seed_summaries(document: dict, seeds: list[int]) -> dict[int, dict]:
 
 
 def main() -> None:
+    from active_learning.training import TrainConfig
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--arms", default="mnlp,mnlp+self_training,random")
@@ -78,7 +80,7 @@ def main() -> None:
     parser.add_argument("--seed-share", type=float, default=None, help="seed set, share of pool tokens (default 0.02; reduced 0.05)")
     parser.add_argument("--batch-share", type=float, default=None, help="per round, share of pool tokens (default 0.04; reduced 0.05)")
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--min-steps", type=int, default=1000, help="per training (the workers' default, TrainConfig.min_steps)")
+    parser.add_argument("--min-steps", type=int, default=TrainConfig.min_steps, help="per training (the workers' default)")
     args = parser.parse_args()
     dataset = DATASETS[args.dataset]
     reduced = {"pool_size": 1000, "test_size": 300, "rounds": 4, "seed_share": 0.05, "batch_share": 0.05} if args.reduced else {}

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from active_learning.metrics import evaluate  # noqa: E402
 from active_learning.recipe import RecipeInputs, run_recipe, split_dev, start_from  # noqa: E402
-from active_learning.simulation import token_count  # noqa: E402
+from active_learning.simulation import SimulationConfig, token_count  # noqa: E402
 from active_learning.strategies import select  # noqa: E402
 from active_learning.tagger import default_base_model  # noqa: E402
 from active_learning.training import TrainConfig  # noqa: E402
@@ -39,7 +39,6 @@ from service.cli.corpus import labels_of, load_pool_and_test  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "conll2003"
 RESULTS = ROOT / "bench" / "results"
-DEV_SHARE = 0.2  # the service's default, as in nerloop simulate
 
 
 def main() -> None:
@@ -73,7 +72,7 @@ def main() -> None:
     started = time.perf_counter()
     for share in shares:
         chosen = select(np.random.default_rng(args.seed).random(len(pool)), costs, int(share * costs.sum()))
-        train_set, dev = split_dev([pool[i] for i in chosen], DEV_SHARE)
+        train_set, dev = split_dev([pool[i] for i in chosen], SimulationConfig.dev_share)
         for min_steps in budgets:
             set_seed(args.seed)
             config = TrainConfig(epochs=args.epochs, min_steps=min_steps, seed=args.seed)

@@ -186,7 +186,6 @@ def test_the_simulation_and_the_train_job_run_the_same_recipe(tiny_encoder, tmp_
     assert job_active is None and simulated_active is None
 
 
-
 # ---- bench/recipe_steps.py at tiny sizes, so the benchmark cannot rot -------------------------------
 
 
