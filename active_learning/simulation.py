@@ -289,6 +289,60 @@ def summarize(document: dict) -> dict:
     return summary
 
 
+# What may differ between runs that are merged: which arms and seeds each ran, and how far it got.
+MERGE_FREE_CONFIG = ("strategies", "seeds", "rounds")
+
+
+def merge_documents(documents: Sequence[dict]) -> dict:
+    """One curve document from runs of the same protocol that ran different arms or seeds (two
+    machines, or an arm added later): their rounds together, the summary computed afresh.
+
+    The protocol must be the same (pool, test and stop sets, budget, recipe: every config key but
+    ``MERGE_FREE_CONFIG``), a full-pool F1 measured twice for a seed must agree, and no (arm, seed)
+    may come from two runs; otherwise ``ValueError`` names what differs."""
+    if not documents:
+        raise ValueError("give at least one curve document")
+    first = documents[0]
+
+    def protocol(document: dict) -> dict:
+        config = {k: v for k, v in document["config"].items() if k not in MERGE_FREE_CONFIG}
+        return {"config": config, **{k: document[k] for k in ("pool", "test", "stop_set")}}
+
+    rounds, full_pool_f1, ran = [], {}, set()
+    for number, document in enumerate(documents):
+        missing = [k for k in ("config", "pool", "test", "stop_set", "full_pool_f1", "rounds") if k not in document]
+        if missing:
+            raise ValueError(f"run {number} is not a curve document of nerloop simulate: it has no {', '.join(missing)}")
+        theirs, ours = protocol(document), protocol(first)
+        different = sorted(k for k in {*theirs["config"], *ours["config"]} if theirs["config"].get(k) != ours["config"].get(k))
+        different += [k for k in ("pool", "test", "stop_set") if theirs[k] != ours[k]]
+        if different:
+            raise ValueError(f"run {number} differs from run 0 in {', '.join(different)}: not the same protocol")
+        for seed, f1 in document["full_pool_f1"].items():
+            if seed in full_pool_f1 and abs(full_pool_f1[seed] - f1) > 1e-6:
+                raise ValueError(f"run {number}: full-pool F1 for seed {seed} is {f1}, another run measured {full_pool_f1[seed]}")
+            full_pool_f1[seed] = f1
+        arms = {(r["strategy"], r["seed"]) for r in document["rounds"]}
+        if arms & ran:
+            raise ValueError(f"run {number} repeats arm and seed {sorted(arms & ran)}")
+        ran |= arms
+        rounds += document["rounds"]
+    merged = {
+        "config": {
+            **first["config"],
+            "strategies": list(dict.fromkeys(s for d in documents for s in d["config"]["strategies"])),
+            "seeds": sorted({s for d in documents for s in d["config"]["seeds"]}),
+            "rounds": max(d["config"]["rounds"] for d in documents),
+        },
+        "complete": all(d.get("complete", True) for d in documents),
+        **{k: first[k] for k in ("pool", "test", "stop_set")},
+        "full_pool_f1": full_pool_f1,
+        "rounds": rounds,
+    }
+    merged["summary"] = summarize(merged)
+    return merged
+
+
 def _first_stops(rounds: list[dict], strategy: str) -> list[dict]:
     """Per seed, the first round of ``strategy`` at which the stopping signal fired."""
     first: dict[int, dict] = {}

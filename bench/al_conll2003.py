@@ -15,8 +15,10 @@ Weibo F1 measures the loop's mechanics more than a usable Chinese tagger.
     .venv/bin/python bench/al_conll2003.py --seeds 0,1,2                 # the full benchmark
     .venv/bin/python bench/al_conll2003.py --dataset weibo --seeds 0
     .venv/bin/python bench/al_conll2003.py --reduced                     # pool 1,000, test 300, 4 rounds
+    .venv/bin/python bench/al_conll2003.py --merge runs/a/curve.json runs/b/curve.json --name NAME
+                                          # arms or seeds run apart (two machines, an arm added later)
 
-Results go to bench/results/<name>.json and .png (name: al_conll2003, al_weibo, or *_reduced).
+Results go to bench/results/<name>.json and .png (name: al_conll2003, al_weibo, or *_reduced; ``--name``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -67,6 +68,7 @@ def per_seed_summaries(document: dict, seeds: list[int]) -> dict[int, dict]:
 
 
 def main() -> None:
+    from active_learning.simulation import plot_curves
     from active_learning.training import TrainConfig
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,47 +83,23 @@ def main() -> None:
     parser.add_argument("--batch-share", type=float, default=None, help="per round, share of pool tokens (default 0.04; reduced 0.05)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--min-steps", type=int, default=TrainConfig.min_steps, help="per training (the workers' default)")
+    parser.add_argument("--name", default=None, help="results file name (default: al_conll2003 or al_weibo, _reduced for --reduced)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for <name>.json and <name>.png")
+    parser.add_argument("--merge", nargs="+", metavar="CURVE_JSON", default=None,
+                        help="simulate nothing: summarise these runs' curve.json files as one result (arms or seeds run separately "
+                             "under the same protocol, e.g. on two machines)")
     args = parser.parse_args()
-    dataset = DATASETS[args.dataset]
-    reduced = {"pool_size": 1000, "test_size": 300, "rounds": 4, "seed_share": 0.05, "batch_share": 0.05} if args.reduced else {}
-    full = {"pool_size": dataset["pool_size"], "test_size": dataset["test_size"], "rounds": 7, "seed_share": 0.02, "batch_share": 0.04}
-    chosen = {key: getattr(args, key) if getattr(args, key) is not None else reduced.get(key, full[key]) for key in full}
-    data = (ROOT / dataset["data"]).resolve()
-    if not data.is_dir():
-        sys.exit(f"{args.dataset} not found at {data}")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    name = args.name or ("al_conll2003" if args.dataset == "conll2003" else "al_weibo") + ("_reduced" if args.reduced else "")
+    if args.merge:
+        from active_learning.simulation import merge_documents
 
-    # The token budget is a share of this pool's tokens: the same sample nerloop simulate will draw.
-    from active_learning.simulation import token_count
-    from service.cli.corpus import load_pool_and_test
-
-    pool, _ = load_pool_and_test(data, None, chosen["pool_size"], chosen["test_size"], seeds[0])
-    pool_tokens = sum(token_count(e) for e in pool)
-    seed_size = round(chosen["seed_share"] * pool_tokens)
-    batch = round(chosen["batch_share"] * pool_tokens)
-
-    name = ("al_conll2003" if args.dataset == "conll2003" else "al_weibo") + ("_reduced" if args.reduced else "")
-    run_dir = ROOT / "runs" / name
-    command = [
-        "nerloop", "simulate",
-        "--data", dataset["data"],
-        "--pool-size", str(chosen["pool_size"]), "--test-size", str(chosen["test_size"]),
-        "--strategies", args.arms, "--seeds", args.seeds,
-        "--unit", "tokens", "--seed-size", str(seed_size), "--batch", str(batch), "--rounds", str(chosen["rounds"]),
-        "--epochs", str(args.epochs), "--min-steps", str(args.min_steps),
-        "--out", str(run_dir.relative_to(ROOT)),
-    ]
-    started = time.time()
-    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}  # round results show up in a log as they come
-    (run_dir / "curve.json").unlink(missing_ok=True)
-    # Stopped half-way (SIGINT to the simulation: `pkill -INT -f "nerloop simulate"`), what it measured
-    # is still summarised, marked partial.
-    done = subprocess.run([str(ROOT / ".venv" / "bin" / command[0]), *command[1:]], cwd=ROOT, env=environment)
-    elapsed = time.time() - started
-    if done.returncode not in (0, 130) or not (run_dir / "curve.json").exists():  # 130: interrupted
-        sys.exit(f"the simulation failed (exit status {done.returncode})")
-    document = json.loads((run_dir / "curve.json").read_text())
-    seeds = sorted({r["seed"] for r in document["rounds"]}) if not document.get("complete", True) else seeds
+        try:
+            document, command, elapsed = merge_documents([json.loads(Path(p).read_text()) for p in args.merge]), None, None
+        except (OSError, ValueError, KeyError) as error:
+            sys.exit(f"--merge: {error}")
+    else:
+        document, command, elapsed = run_simulation(args, ROOT / "runs" / name)
+    seeds = sorted({r["seed"] for r in document["rounds"]})
     by_seed = per_seed_summaries(document, seeds)
     arms = {}
     for arm in document["summary"]:
@@ -146,21 +124,62 @@ def main() -> None:
             "loop on a crippled encoder, not a usable Chinese tagger" if args.dataset == "weibo" else None
         ),
         "benchmark_command": ".venv/bin/" + invocation,
-        "command": " ".join(command),
+        "command": " ".join(command) if command else None,
+        "merged_from": args.merge,
         "machine": "2-core CPU shared with other work, no GPU",
-        "elapsed_s": round(elapsed, 1),
+        "elapsed_s": round(elapsed, 1) if elapsed is not None else None,
         "pool": document["pool"],
         "test": document["test"],
         "stop_set": document["stop_set"],
-        "budget": {"seed_tokens": seed_size, "batch_tokens": batch, "rounds": chosen["rounds"]},
+        "budget": {"seed_tokens": document["config"]["seed_size"], "batch_tokens": document["config"]["batch"],
+                   "rounds": document["config"]["rounds"]},
         "arms": arms,
         "full_pool_f1_per_seed": document["full_pool_f1"],
         "rounds": document["rounds"],
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
-    shutil.copy(run_dir / "curve.png", RESULTS / f"{name}.png")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=2))
+    plot_curves(document, args.out / f"{name}.png")
     print(json.dumps({arm: {k: a[k]["mean"] for k in METRICS} for arm, a in arms.items()}, indent=2))
+
+
+def run_simulation(args: argparse.Namespace, run_dir: Path) -> tuple[dict, list[str], float]:
+    """``nerloop simulate`` under the benchmark's protocol; its curve document, command and duration."""
+    dataset = DATASETS[args.dataset]
+    reduced = {"pool_size": 1000, "test_size": 300, "rounds": 4, "seed_share": 0.05, "batch_share": 0.05} if args.reduced else {}
+    full = {"pool_size": dataset["pool_size"], "test_size": dataset["test_size"], "rounds": 7, "seed_share": 0.02, "batch_share": 0.04}
+    chosen = {key: getattr(args, key) if getattr(args, key) is not None else reduced.get(key, full[key]) for key in full}
+    data = (ROOT / dataset["data"]).resolve()
+    if not data.is_dir():
+        sys.exit(f"{args.dataset} not found at {data}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    # The token budget is a share of this pool's tokens: the same sample nerloop simulate will draw.
+    from active_learning.simulation import token_count
+    from service.cli.corpus import load_pool_and_test
+
+    pool, _ = load_pool_and_test(data, None, chosen["pool_size"], chosen["test_size"], seeds[0])
+    pool_tokens = sum(token_count(e) for e in pool)
+    seed_size = round(chosen["seed_share"] * pool_tokens)
+    batch = round(chosen["batch_share"] * pool_tokens)
+    command = [
+        "nerloop", "simulate",
+        "--data", dataset["data"],
+        "--pool-size", str(chosen["pool_size"]), "--test-size", str(chosen["test_size"]),
+        "--strategies", args.arms, "--seeds", args.seeds,
+        "--unit", "tokens", "--seed-size", str(seed_size), "--batch", str(batch), "--rounds", str(chosen["rounds"]),
+        "--epochs", str(args.epochs), "--min-steps", str(args.min_steps),
+        "--out", str(run_dir.relative_to(ROOT)),
+    ]
+    started = time.time()
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}  # round results show up in a log as they come
+    (run_dir / "curve.json").unlink(missing_ok=True)
+    # Stopped half-way (SIGINT to the simulation: `pkill -INT -f "nerloop simulate"`), what it measured
+    # is still summarised, marked partial.
+    done = subprocess.run([str(ROOT / ".venv" / "bin" / command[0]), *command[1:]], cwd=ROOT, env=environment)
+    if done.returncode not in (0, 130) or not (run_dir / "curve.json").exists():  # 130: interrupted
+        sys.exit(f"the simulation failed (exit status {done.returncode})")
+    return json.loads((run_dir / "curve.json").read_text()), command, time.time() - started
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from active_learning.corpus import write_jsonl
-from active_learning.simulation import SimulationConfig, simulate, summarize, token_count
+from active_learning.simulation import SimulationConfig, merge_documents, simulate, summarize, token_count
 from active_learning.training import TrainConfig
 from service.cli import app
 from support import NERLOOP
@@ -71,6 +71,61 @@ def test_summary_against_a_hand_made_curve():
     expected = (0.06475 + 0.07975) / (0.055 + 0.065)
     assert summary["mnlp"]["aulc_vs_random"] == pytest.approx(expected, rel=1e-3)
 
+
+
+def _curve_document(arm: str, points: list[tuple[float, float]], full_pool_f1: float = 0.8, **config) -> dict:
+    """A curve document as nerloop simulate writes it, one seed of one arm."""
+    return {
+        "config": {"strategies": [arm], "seeds": [0], "rounds": len(points) - 1, "seed_size": 100, "batch": 50,
+                   "train": {"min_steps": 1000}, **config},
+        "complete": True, "pool": {"sentences": 10, "tokens": 500}, "test": {"sentences": 5}, "stop_set": {"sentences": 3},
+        "full_pool_f1": {"0": full_pool_f1},
+        "rounds": [{"strategy": arm, "seed": 0, "round": i, "sentences": 0, "tokens": 0, "tokens_fraction": x, "f1": y}
+                   for i, (x, y) in enumerate(points)],
+    }
+
+
+def test_runs_of_one_protocol_merge_into_one_summary_and_others_are_refused():
+    mnlp = _curve_document("mnlp", [(0.1, 0.5), (0.2, 0.795), (0.3, 0.8), (0.4, 0.81)])
+    mnlp["complete"] = False  # stopped half-way: the merge says so
+    random = _curve_document("random", [(0.1, 0.5), (0.2, 0.6), (0.3, 0.7)])
+    merged = merge_documents([mnlp, random])
+    assert merged["config"]["strategies"] == ["mnlp", "random"] and merged["config"]["rounds"] == 3
+    assert merged["rounds"] == mnlp["rounds"] + random["rounds"] and merged["complete"] is False
+    # AULC over the range both arms cover, [0.1, 0.3]: the hand-made summary's numbers
+    assert merged["summary"]["mnlp"]["aulc_vs_random"] == pytest.approx((0.06475 + 0.07975) / (0.055 + 0.065), rel=1e-3)
+    assert merged["summary"] == summarize(merged)
+
+    with pytest.raises(ValueError, match="differs from run 0 in train"):
+        merge_documents([mnlp, _curve_document("random", [(0.1, 0.5)], train={"min_steps": 150})])
+    with pytest.raises(ValueError, match="full-pool F1 for seed 0"):
+        merge_documents([mnlp, _curve_document("random", [(0.1, 0.5)], full_pool_f1=0.7)])
+    with pytest.raises(ValueError, match=r"repeats arm and seed \[\('mnlp', 0\)\]"):
+        merge_documents([mnlp, mnlp])
+    with pytest.raises(ValueError, match="not a curve document"):
+        merge_documents([mnlp, {"rounds": []}])
+
+
+def test_the_benchmark_summarises_separately_run_arms_as_one_result(tmp_path):
+    import sys
+
+    from support import REPO
+
+    mnlp = _curve_document("mnlp", [(0.1, 0.5), (0.2, 0.795), (0.3, 0.8)])
+    random = _curve_document("random", [(0.1, 0.5), (0.2, 0.6), (0.3, 0.7)])
+    paths = []
+    for name, document in (("mnlp", mnlp), ("random", random), ("other", {**random, "test": {"sentences": 6}})):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(document))
+    bench = [sys.executable, str(REPO / "bench" / "al_conll2003.py"), "--name", "both", "--out", str(tmp_path), "--merge"]
+    done = subprocess.run([*bench, *map(str, paths[:2])], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "both.json").read_text())
+    assert results["merged_from"] == [str(p) for p in paths[:2]] and (tmp_path / "both.png").stat().st_size > 0
+    assert results["arms"]["mnlp"]["aulc_vs_random"]["per_seed"][0] == pytest.approx(1.2041, rel=1e-3)
+    assert results["arms"]["mnlp"]["tokens_fraction_to_99pct_full_f1"]["mean"] == pytest.approx(0.2)
+    refused = subprocess.run([*bench, str(paths[0]), str(paths[2])], capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "--merge: run 1 differs from run 0 in test" in refused.stderr
 
 @pytest.mark.slow
 def test_cli_simulate_writes_curve_and_plot(tiny_encoder, tmp_path):
