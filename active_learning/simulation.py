@@ -373,6 +373,7 @@ def plot_curves(document: dict, path: str | Path) -> None:
     if full:
         axes.axhline(np.mean(full), color="black", linestyle="--", linewidth=1, label="full pool")
         axes.axhline(TARGET_SHARE * np.mean(full), color="grey", linestyle=":", linewidth=1, label="99% of full pool")
+        axes.set_ylim(top=max(axes.get_ylim()[1], np.mean(full) + 0.01))  # the full pool's line stays in view
     axes.set_xlabel("labelled share of pool tokens (%)")
     axes.set_ylabel("entity F1 on test")
     axes.set_title(f"Active learning: {document['pool']['sentences']} pool sentences, seeds {document['config']['seeds']}")
