@@ -170,6 +170,32 @@ def test_cli_simulate_stopped_half_way_keeps_what_it_measured(tiny_encoder, tmp_
     assert {r["strategy"] for r in document["rounds"]} <= {"mnlp"}  # random's turn never came
 
 
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped KeyboardInterrupt, on purpose
+def test_an_interrupt_that_python_swallowed_still_stops_the_simulation():
+    """A KeyboardInterrupt raised inside a weakref callback (or a finaliser) is printed as "Exception
+    ignored" and dropped: the flag remembers it, so simulate's next step or stage stops the run."""
+    import os
+    import weakref
+
+    from service.cli.simulate import interrupt_flag
+
+    class Model:
+        pass
+
+    def finalised(_reference):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100_000):  # the signal handler runs in here, so its exception is dropped
+            pass
+
+    before = signal.getsignal(signal.SIGINT)
+    with interrupt_flag() as interrupted:
+        model = Model()
+        reference = weakref.ref(model, finalised)
+        del model  # no KeyboardInterrupt reaches this frame
+        assert reference() is None and interrupted.is_set()
+    assert signal.getsignal(signal.SIGINT) is before
+
 def test_cli_simulate_trains_with_the_workers_defaults():
     import inspect
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -75,16 +79,22 @@ def simulate(
         f"pool [bold]{len(pool)}[/bold] sentences · test [bold]{len(test_set)}[/bold] · labels {', '.join(labels)} · "
         f"strategies {', '.join(config.strategies)}"
     )
-    with progress_bar() as progress:
+    with progress_bar() as progress, interrupt_flag() as interrupted:
         trainings = len(seed_list) * (len(config.strategies) * (config.rounds + 1) + 1)
         overall = progress.add_task("simulation", total=trainings)
         steps = progress.add_task("training", total=1)
 
+        def stop_if_interrupted() -> None:
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+
         def on_stage(message: str) -> None:
+            stop_if_interrupted()
             progress.reset(steps, total=1)
             progress.update(overall, description=message)
 
         def on_step(step: int, total: int, loss: float) -> None:
+            stop_if_interrupted()
             progress.update(steps, total=total, completed=step, description=f"training · loss {loss:.3f}")
 
         def on_result(result) -> None:  # one per training
@@ -100,7 +110,7 @@ def simulate(
         try:
             document = run_simulation(
                 pool, test_set, labels, config, on_stage=on_stage, on_step=on_step, on_result=on_result,
-                on_document=lambda partial: write_results(partial, out),
+                on_document=lambda partial: (write_results(partial, out), stop_if_interrupted()),
             )
         except KeyboardInterrupt:
             console.print(f"\n[bold]interrupted[/bold]: {out / 'curve.json'} holds the trainings that finished (\"complete\": false)")
@@ -108,6 +118,25 @@ def simulate(
     curve, png = write_results(document, out)
     print_summary(document)
     console.print(f"\ncurve: [bold]{curve}[/bold]\nplot:  [bold]{png}[/bold]")
+
+
+@contextmanager
+def interrupt_flag() -> Iterator[threading.Event]:
+    """Ctrl-C (SIGINT) raises KeyboardInterrupt as usual and also sets the flag this yields, which the
+    run's callbacks check: a KeyboardInterrupt raised while a finaliser or a weakref callback runs is
+    printed as "Exception ignored" and swallowed by Python (seen in CI: the run went on to the end),
+    and the next training step or stage raises it again."""
+    interrupted = threading.Event()
+
+    def on_sigint(_signum, _frame) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def print_summary(document: dict) -> None:
