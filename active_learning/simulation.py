@@ -289,8 +289,9 @@ def summarize(document: dict) -> dict:
     return summary
 
 
-# What may differ between runs that are merged: which arms and seeds each ran, and how far it got.
-MERGE_FREE_CONFIG = ("strategies", "seeds", "rounds")
+# What may differ between runs that are merged: which arms and seeds each ran, how far it got, and
+# whether it trained the full pool too (one run's full-pool F1 serves all).
+MERGE_FREE_CONFIG = ("strategies", "seeds", "rounds", "full_pool")
 
 
 def merge_documents(documents: Sequence[dict]) -> dict:
@@ -333,6 +334,7 @@ def merge_documents(documents: Sequence[dict]) -> dict:
             "strategies": list(dict.fromkeys(s for d in documents for s in d["config"]["strategies"])),
             "seeds": sorted({s for d in documents for s in d["config"]["seeds"]}),
             "rounds": max(d["config"]["rounds"] for d in documents),
+            "full_pool": any(d["config"]["full_pool"] for d in documents),
         },
         "complete": all(d.get("complete", True) for d in documents),
         **{k: first[k] for k in ("pool", "test", "stop_set")},

@@ -73,13 +73,13 @@ def test_summary_against_a_hand_made_curve():
 
 
 
-def _curve_document(arm: str, points: list[tuple[float, float]], full_pool_f1: float = 0.8, **config) -> dict:
-    """A curve document as nerloop simulate writes it, one seed of one arm."""
+def _curve_document(arm: str, points: list[tuple[float, float]], full_pool_f1: float | None = 0.8, **config) -> dict:
+    """A curve document as nerloop simulate writes it, one seed of one arm (None: without the full pool's training)."""
     return {
         "config": {"strategies": [arm], "seeds": [0], "rounds": len(points) - 1, "seed_size": 100, "batch": 50,
-                   "train": {"min_steps": 1000}, **config},
+                   "full_pool": full_pool_f1 is not None, "train": {"min_steps": 1000}, **config},
         "complete": True, "pool": {"sentences": 10, "tokens": 500}, "test": {"sentences": 5}, "stop_set": {"sentences": 3},
-        "full_pool_f1": {"0": full_pool_f1},
+        "full_pool_f1": {} if full_pool_f1 is None else {"0": full_pool_f1},
         "rounds": [{"strategy": arm, "seed": 0, "round": i, "sentences": 0, "tokens": 0, "tokens_fraction": x, "f1": y}
                    for i, (x, y) in enumerate(points)],
     }
@@ -95,6 +95,10 @@ def test_runs_of_one_protocol_merge_into_one_summary_and_others_are_refused():
     # AULC over the range both arms cover, [0.1, 0.3]: the hand-made summary's numbers
     assert merged["summary"]["mnlp"]["aulc_vs_random"] == pytest.approx((0.06475 + 0.07975) / (0.055 + 0.065), rel=1e-3)
     assert merged["summary"] == summarize(merged)
+    # an arm run later without the full pool's training: the other run's full-pool F1 serves it
+    later = merge_documents([mnlp, random, _curve_document("mnlp+self_training", [(0.1, 0.5), (0.2, 0.8)], full_pool_f1=None)])
+    assert later["full_pool_f1"] == {"0": 0.8} and later["config"]["full_pool"] is True
+    assert later["summary"]["mnlp+self_training"]["tokens_fraction_to_99pct_full_f1"] == pytest.approx(0.2)
 
     with pytest.raises(ValueError, match="differs from run 0 in train"):
         merge_documents([mnlp, _curve_document("random", [(0.1, 0.5)], train={"min_steps": 150})])

@@ -56,7 +56,7 @@ def freeze_startup_objects() -> None:
     Torch, transformers and the app leave ~440,000 tracked objects, and a full collection walks
     them all while it holds the GIL: 0.38 s on our 2-core machines, during which no request,
     ``/health`` included, is answered. The largest requests allocate enough to set one off several
-    times (measured: ``/health`` stalled 0.45-0.7 s beside one large import, 1.4 s in CI with three).
+    times (measured: ``/health`` stalled 0.4-0.6 s beside one large request, 1.4 s in CI with three).
     Those objects live as long as the process, so the collector has nothing to find in them:
     ``gc.freeze`` moves them to a generation it never scans (0.00001 s per full collection after),
     and /health beside all three answered within 0.31 s."""

@@ -41,6 +41,10 @@ def simulate(
     batch_size: BatchSize = 16,
     mc_samples: int = typer.Option(BALD.mc_samples, help="MC-dropout passes for BALD"),
     diversity: bool = typer.Option(False, help="Spread each batch with k-means on embeddings"),
+    full_pool: bool = typer.Option(
+        True, "--full-pool/--no-full-pool",
+        help="Also train on the whole pool per seed (the 99% target's reference); skip it when another run measured it",
+    ),
     dev_share: float = typer.Option(0.2, min=0.0, max=0.95, help="Hash-chosen dev share of the labelled set (the service's rule)"),
     self_training_threshold: float = typer.Option(0.99, help="+self_training arms: task confidence a pool text needs for a pseudo-label"),
     self_training_weight: float = typer.Option(0.5, help="+self_training arms: loss weight of a pseudo-labelled text"),
@@ -67,6 +71,7 @@ def simulate(
             base_model=base_model,
             mc_samples=mc_samples,
             diversity=diversity,
+            full_pool=full_pool,
             dev_share=dev_share,
             self_training=SelfTraining(enabled=True, threshold=self_training_threshold, weight=self_training_weight),
             train=TrainConfig(epochs=epochs, min_steps=min_steps, learning_rate=learning_rate, batch_size=batch_size),
