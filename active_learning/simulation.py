@@ -309,12 +309,13 @@ def merge_documents(documents: Sequence[dict]) -> dict:
         config = {k: v for k, v in document["config"].items() if k not in MERGE_FREE_CONFIG}
         return {"config": config, **{k: document[k] for k in ("pool", "test", "stop_set")}}
 
-    rounds, full_pool_f1, ran = [], {}, set()
+    rounds, full_pool_f1, ran, ours = [], {}, set(), None
     for number, document in enumerate(documents):
         missing = [k for k in ("config", "pool", "test", "stop_set", "full_pool_f1", "rounds") if k not in document]
         if missing:
             raise ValueError(f"run {number} is not a curve document of nerloop simulate: it has no {', '.join(missing)}")
-        theirs, ours = protocol(document), protocol(first)
+        theirs = protocol(document)
+        ours = ours or theirs  # run 0's
         different = sorted(k for k in {*theirs["config"], *ours["config"]} if theirs["config"].get(k) != ours["config"].get(k))
         different += [k for k in ("pool", "test", "stop_set") if theirs[k] != ours[k]]
         if different:

@@ -68,7 +68,7 @@ def per_seed_summaries(document: dict, seeds: list[int]) -> dict[int, dict]:
 
 
 def main() -> None:
-    from active_learning.simulation import plot_curves
+    from active_learning.simulation import merge_documents, plot_curves
     from active_learning.training import TrainConfig
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,8 +93,6 @@ def main() -> None:
     args = parser.parse_args()
     name = args.name or ("al_conll2003" if args.dataset == "conll2003" else "al_weibo") + ("_reduced" if args.reduced else "")
     if args.merge:
-        from active_learning.simulation import merge_documents
-
         try:
             document, command, elapsed = merge_documents([json.loads(Path(p).read_text()) for p in args.merge]), None, None
         except (OSError, ValueError, KeyError) as error:

@@ -72,7 +72,6 @@ def test_summary_against_a_hand_made_curve():
     assert summary["mnlp"]["aulc_vs_random"] == pytest.approx(expected, rel=1e-3)
 
 
-
 def _curve_document(arm: str, points: list[tuple[float, float]], full_pool_f1: float | None = 0.8, **config) -> dict:
     """A curve document as nerloop simulate writes it, one seed of one arm (None: without the full pool's training)."""
     return {
@@ -131,6 +130,7 @@ def test_the_benchmark_summarises_separately_run_arms_as_one_result(tmp_path):
     refused = subprocess.run([*bench, str(paths[0]), str(paths[2])], capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "--merge: run 1 differs from run 0 in test" in refused.stderr
 
+
 @pytest.mark.slow
 def test_cli_simulate_writes_curve_and_plot(tiny_encoder, tmp_path):
     data = tmp_path / "toy.jsonl"
@@ -174,7 +174,6 @@ def test_cli_simulate_stopped_half_way_keeps_what_it_measured(tiny_encoder, tmp_
     assert {r["strategy"] for r in document["rounds"]} <= {"mnlp"}  # random's turn never came
 
 
-
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped KeyboardInterrupt, on purpose
 def test_an_interrupt_that_python_swallowed_still_stops_the_simulation():
     """A KeyboardInterrupt raised inside a weakref callback (or a finaliser) is printed as "Exception
@@ -199,6 +198,7 @@ def test_an_interrupt_that_python_swallowed_still_stops_the_simulation():
         del model  # no KeyboardInterrupt reaches this frame
         assert reference() is None and interrupted.is_set()
     assert signal.getsignal(signal.SIGINT) is before
+
 
 def test_cli_simulate_trains_with_the_workers_defaults():
     import inspect
