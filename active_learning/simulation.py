@@ -4,8 +4,10 @@ Every round goes through the train job's recipe (``recipe.run_recipe``): the lab
 into train and dev by the service's hash rule, the candidate warm-starts from the active version
 (fresh from the base model in round 0), early-stops on dev F1 and replaces the active version only
 when its dev F1 is not worse. What a round reports is the active version's test F1: what a user of
-the service would be served. An arm named ``<strategy>+self_training`` adds the active version's
-confident pseudo-labels from the unlabelled pool to each training. After every training the
+the service would be served. An arm is a strategy with options: ``<strategy>+self_training`` adds
+the active version's confident pseudo-labels from the unlabelled pool to each training,
+``<strategy>+diversity`` spreads each batch over k-means clusters of sentence embeddings
+(``strategies.select``), both may be given (``mnlp+diversity+self_training``). After every training the
 stopping signal (``stopping``) compares the candidate with the active version on a fixed stop set.
 
 Per seed, every arm starts from the same random seed set; one training on the whole pool (same
@@ -33,14 +35,25 @@ from .tagger import Tagger, default_base_model
 from .training import TrainConfig
 
 TARGET_SHARE = 0.99  # "reaches full-pool quality" means 99% of the full-pool F1 (Shen et al.)
-SELF_TRAINING_ARM = "+self_training"  # suffix of an arm that adds pseudo-labels to its strategy
+ARM_OPTIONS = ("self_training", "diversity")  # what "+option" after an arm's strategy may name
 
 
-def arm_strategy(arm: str) -> tuple[str, bool]:
-    """(strategy name, self-training?) of an arm such as ``mnlp`` or ``mnlp+self_training``."""
-    if arm.endswith(SELF_TRAINING_ARM):
-        return arm.removesuffix(SELF_TRAINING_ARM), True
-    return arm, False
+@dataclass(frozen=True)
+class Arm:
+    """An arm such as ``mnlp``, ``mnlp+self_training`` or ``mnlp+diversity``: a strategy and its options."""
+
+    strategy: str
+    self_training: bool = False
+    diversity: bool = False
+
+    @classmethod
+    def parse(cls, arm: str) -> Arm:
+        strategy, *options = arm.split("+")
+        unknown = [o for o in options if o not in ARM_OPTIONS]
+        if unknown:
+            raise ValueError(f"arm {arm!r}: unknown option {unknown[0]!r}; options are {', '.join('+' + o for o in ARM_OPTIONS)}")
+        make_strategy(strategy)  # fails early on an unknown name
+        return cls(strategy, "self_training" in options, "diversity" in options)
 
 
 @dataclass
@@ -53,7 +66,6 @@ class SimulationConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     base_model: str | None = None
     mc_samples: int = BALD.mc_samples  # forward passes with dropout, for a strategy that uses them
-    diversity: bool = False
     full_pool: bool = True
     dev_share: float = 0.2  # the service's default ``dev_share``
     self_training: SelfTraining = field(default_factory=lambda: SelfTraining(enabled=True))  # for "+self_training" arms
@@ -65,7 +77,7 @@ class SimulationConfig:
         if self.unit not in ("sentences", "tokens"):
             raise ValueError("unit must be 'sentences' or 'tokens'")
         for arm in self.strategies:
-            make_strategy(arm_strategy(arm)[0])  # fails early on an unknown name
+            Arm.parse(arm)  # fails early on an unknown strategy or option
         if self.seed_size <= 0 or self.batch <= 0 or self.rounds < 0:
             raise ValueError("seed_size and batch must be positive, rounds non-negative")
         if not 0.0 <= self.dev_share < 1.0:
@@ -162,19 +174,19 @@ def simulate(
             on_result(RoundResult("full_pool", seed, 0, len(pool), pool_tokens, 1.0, full_pool_f1[seed], dev_size=len(dev)))
         seed_set = select(np.random.default_rng(seed).random(len(pool)), costs, config.seed_size)
         for arm in config.strategies:
-            name, self_training = arm_strategy(arm)
-            strategy = make_strategy(name, seed, mc_samples=config.mc_samples)
+            options = Arm.parse(arm)
+            strategy = make_strategy(options.strategy, seed, mc_samples=config.mc_samples)
             with tempfile.TemporaryDirectory(prefix="nerloop-simulate-") as versions:
                 _run_arm(
-                    arm, strategy, seed, seed_set, pool, costs, pool_tokens, stop_texts, labels, base_model,
-                    train_config(seed), config, self_training, Path(versions), test_f1, on_stage, on_step, on_result,
+                    arm, options, strategy, seed, seed_set, pool, costs, pool_tokens, stop_texts, labels, base_model,
+                    train_config(seed), config, Path(versions), test_f1, on_stage, on_step, on_result,
                 )
     return document(complete=True)
 
 
 def _run_arm(
-    arm, strategy, seed, seed_set, pool, costs, pool_tokens, stop_texts, labels, base_model,
-    train_config, config, self_training, versions, test_f1, on_stage, on_step, on_result,
+    arm, options, strategy, seed, seed_set, pool, costs, pool_tokens, stop_texts, labels, base_model,
+    train_config, config, versions, test_f1, on_stage, on_step, on_result,
 ) -> None:
     """One arm's rounds, as the service would run them, each reported to ``on_result``: one recipe call
     per round, the active version kept (and saved under ``versions`` for the next warm start) only when
@@ -222,11 +234,11 @@ def _run_arm(
         if not unlabelled:
             break
         on_stage(f"seed {seed} · {arm} · round {round_number}/{config.rounds}: scoring {len(unlabelled)} pool texts")
-        predictions = active.predict([pool[i].text for i in unlabelled], mc_samples=strategy.mc_samples, embeddings=config.diversity)
-        embeddings = np.stack([p.embedding for p in predictions]) if config.diversity else None
+        predictions = active.predict([pool[i].text for i in unlabelled], mc_samples=strategy.mc_samples, embeddings=options.diversity)
+        embeddings = np.stack([p.embedding for p in predictions]) if options.diversity else None
         picked = select(strategy.scores(predictions), costs[unlabelled], config.batch, embeddings, seed=seed)
         labelled += [unlabelled[i] for i in picked]
-        if self_training:  # the active version's confident labels on what stays unlabelled, for the next round
+        if options.self_training:  # the active version's confident labels on what stays unlabelled, for the next round
             chosen = set(picked)
             rest = [k for k in range(len(unlabelled)) if k not in chosen]
             pseudo = recipe.pseudo_labels([pool[unlabelled[k]].text for k in rest], [predictions[k] for k in rest], config.self_training)
@@ -307,6 +319,10 @@ def merge_documents(documents: Sequence[dict]) -> dict:
 
     def protocol(document: dict) -> dict:
         config = {k: v for k, v in document["config"].items() if k not in MERGE_FREE_CONFIG}
+        # Runs from before diversity became an arm option ("mnlp+diversity") carry a global switch;
+        # off, it says what its absence says now.
+        if config.get("diversity") is False:
+            del config["diversity"]
         return {"config": config, **{k: document[k] for k in ("pool", "test", "stop_set")}}
 
     rounds, full_pool_f1, ran, ours = [], {}, set(), None

@@ -8,7 +8,6 @@ on embeddings. Word marginals come from ``Tagger.predict``; "tokens" below are t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -182,9 +181,10 @@ def select(
     """Pick indices, most informative first, until the budget is spent.
 
     ``costs`` is 1 per text for a sentence budget or its token count for a token budget; a text that
-    no longer fits is skipped in favour of smaller ones. With ``embeddings``, the top
-    ``diversity_factor`` × (expected batch) candidates are clustered with k-means and taken
-    round-robin across clusters, best first in each, so one batch is not many near-duplicates.
+    no longer fits is skipped in favour of smaller ones. With ``embeddings``, the batch that scores
+    alone would pick (its size counted in texts) is clustered among ``diversity_factor`` times as many
+    candidates with k-means and taken round-robin across clusters, best first in each, so that one
+    batch is not many near-duplicates (CoNLL's score lines and headlines).
     """
     scores = np.asarray(scores, dtype=float)
     costs = np.asarray(costs)
@@ -204,8 +204,11 @@ def select(
 def _diverse_order(order, costs, budget, embeddings, factor, seed) -> list[int]:
     from sklearn.cluster import KMeans
 
-    mean_cost = max(float(np.mean(costs)), 1.0)
-    expected = max(1, min(len(order), math.ceil(budget / mean_cost)))
+    # The batch size in texts is that of the batch by scores alone: the best texts are often much
+    # shorter than the pool's mean (MNLP's pull to fragments), so the pool's mean cost would
+    # undercount it, and with a third of the clusters the "diverse" batch would be nearly that batch.
+    spent = np.cumsum(costs[order])
+    expected = max(1, min(len(order), int(np.searchsorted(spent, budget, side="right"))))
     candidates = order[: min(len(order), factor * expected)]
     clusters = min(expected, len(candidates))
     assignment = KMeans(n_clusters=clusters, n_init=3, random_state=seed).fit_predict(embeddings[candidates])

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from active_learning.corpus import write_jsonl
-from active_learning.simulation import SimulationConfig, merge_documents, simulate, summarize, token_count
+from active_learning.simulation import Arm, SimulationConfig, merge_documents, simulate, summarize, token_count
 from active_learning.training import TrainConfig
 from service.cli import app
 from support import NERLOOP
@@ -21,20 +21,20 @@ FAST = TrainConfig(epochs=8, min_steps=40, learning_rate=3e-3, freeze_word_embed
 def test_simulation_end_to_end_on_a_small_slice(tiny_encoder):
     pool, test = toy_corpus(120, seed=1), toy_corpus(40, seed=2)
     config = SimulationConfig(
-        strategies=["mnlp", "bald", "random"], seed_size=150, batch=60, rounds=2, unit="tokens",
+        strategies=["mnlp", "bald", "random", "mnlp+diversity"], seed_size=150, batch=60, rounds=2, unit="tokens",
         base_model=str(tiny_encoder), mc_samples=3, train=FAST,
     )
     seen, partial = [], []
     document = simulate(pool, test, LABELS, config, on_result=seen.append, on_document=partial.append)
     rounds = document["rounds"]
-    assert len(rounds) == 3 * 3 and len(seen) == 3 * 3 + 1  # + the full-pool run
+    assert len(rounds) == 4 * 3 and len(seen) == 4 * 3 + 1  # + the full-pool run
     # the document so far after every training: the full pool's alone first, then a round more each time
     assert len(partial) == len(seen) and not any(d["complete"] for d in partial) and document["complete"]
     assert [len(d["rounds"]) for d in partial] == list(range(len(seen))) and partial[0]["summary"] == {}
     assert partial[-1]["rounds"] == rounds and partial[4]["summary"]["mnlp"]["final_f1"] == rounds[2]["f1"]
     pool_tokens = sum(token_count(e) for e in pool)
     assert document["pool"] == {"sentences": 120, "tokens": pool_tokens}
-    for name in ("mnlp", "bald", "random"):
+    for name in ("mnlp", "bald", "random", "mnlp+diversity"):
         curve = [r for r in rounds if r["strategy"] == name]
         assert [r["round"] for r in curve] == [0, 1, 2]
         assert curve[0]["tokens"] <= 150  # the token budget is respected
@@ -107,6 +107,23 @@ def test_runs_of_one_protocol_merge_into_one_summary_and_others_are_refused():
         merge_documents([mnlp, mnlp])
     with pytest.raises(ValueError, match="not a curve document"):
         merge_documents([mnlp, {"rounds": []}])
+
+
+def test_a_run_from_before_arms_carried_diversity_merges_when_its_switch_was_off():
+    before = _curve_document("random", [(0.1, 0.5), (0.2, 0.6)], diversity=False)
+    now = _curve_document("mnlp+diversity", [(0.1, 0.5), (0.2, 0.7)], full_pool_f1=None)
+    assert merge_documents([before, now])["config"]["strategies"] == ["random", "mnlp+diversity"]
+    with pytest.raises(ValueError, match="differs from run 0 in diversity"):  # every arm of that run was spread
+        merge_documents([now, _curve_document("random", [(0.1, 0.5)], diversity=True)])
+
+
+def test_an_arm_is_a_strategy_with_options():
+    assert Arm.parse("mnlp") == Arm("mnlp")
+    assert Arm.parse("mnlp+diversity+self_training") == Arm("mnlp", self_training=True, diversity=True)
+    with pytest.raises(ValueError, match="unknown option 'diversty'"):
+        Arm.parse("mnlp+diversty")
+    with pytest.raises(ValueError, match="unknown strategy 'mnpl'"):
+        SimulationConfig(strategies=["mnpl+diversity"])
 
 
 def test_the_benchmark_summarises_separately_run_arms_as_one_result(tmp_path):

@@ -282,6 +282,18 @@ def test_select_spreads_the_batch_over_embedding_clusters():
     assert select(scores, [3] * 6, budget=6, embeddings=embeddings) == [0, 4]
 
 
+def test_select_counts_the_diverse_batch_in_the_texts_the_scores_would_pick():
+    # The best texts are short fragments of one kind (0-3), then short texts of another (4-5), then
+    # two long ones (6-7) that raise the pool's mean cost to 3.25 tokens. A 2-token batch is 2 texts:
+    # counted by the mean cost it would be 1 and its candidates all of the first kind.
+    rng = np.random.default_rng(0)
+    embeddings = np.vstack([rng.normal(0.0, 0.01, (4, 2)), rng.normal(10.0, 0.01, (2, 2)), rng.normal(-10.0, 0.01, (2, 2))])
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
+    costs = [1, 1, 1, 1, 1, 1, 10, 10]
+    assert select(scores, costs, budget=2) == [0, 1]
+    assert select(scores, costs, budget=2, embeddings=embeddings) == [0, 4]
+
+
 def test_select_with_embeddings_and_a_single_item():
     assert select([0.3], [1], budget=5, embeddings=np.zeros((1, 4))) == [0]
 

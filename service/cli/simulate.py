@@ -24,7 +24,9 @@ def simulate(
     data: Path | None = typer.Option(None, help=CORPUS_HELP),
     test: Path | None = typer.Option(None, help="Test file; default: the folder's *testb/*test file, or a 20% hold-out"),
     strategies: str = typer.Option(
-        "mnlp,random", help=f"Comma-separated arms: {', '.join(STRATEGIES)}; '+self_training' adds pseudo-labels (mnlp+self_training)"
+        "mnlp,random",
+        help=f"Comma-separated arms: {', '.join(STRATEGIES)}, each with optional '+self_training' (pseudo-labels) and "
+        "'+diversity' (each batch spread over k-means clusters of sentence embeddings): mnlp+diversity",
     ),
     seed_size: int = typer.Option(100, help="Cold-start labelled set, in --unit"),
     batch: int = typer.Option(100, help="Labelled per round, in --unit"),
@@ -40,7 +42,6 @@ def simulate(
     learning_rate: LearningRate = 1e-4,
     batch_size: BatchSize = 16,
     mc_samples: int = typer.Option(BALD.mc_samples, help="MC-dropout passes for BALD"),
-    diversity: bool = typer.Option(False, help="Spread each batch with k-means on embeddings"),
     full_pool: bool = typer.Option(
         True, "--full-pool/--no-full-pool",
         help="Also train on the whole pool per seed (the 99% target's reference); skip it when another run measured it",
@@ -70,7 +71,6 @@ def simulate(
             seeds=seed_list,
             base_model=base_model,
             mc_samples=mc_samples,
-            diversity=diversity,
             full_pool=full_pool,
             dev_share=dev_share,
             self_training=SelfTraining(enabled=True, threshold=self_training_threshold, weight=self_training_weight),
