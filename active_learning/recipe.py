@@ -6,7 +6,7 @@ call ``run_recipe``, so a simulated learning curve measures what a user of the s
 - the dev split: a fixed, hash-chosen share of the gold-labelled texts (``is_dev``); the service
   stores the same decision per task as ``Task.is_dev`` when a text is imported;
 - the start: warm from the previous (active) version when there is one, else fresh from the base
-  model (``start_from``);
+  model (``start_from``); a warm start may be sized to what is new to it (``sized_for``);
 - training: ``training.train`` with early stopping on dev F1, on the gold training examples plus
   any augmented and pseudo-labelled ones (self-training, ``pseudo_labels``), never on the dev set;
 - promotion: the candidate replaces the active version when its dev F1 is not worse on the same
@@ -16,8 +16,9 @@ call ``run_recipe``, so a simulated learning curve measures what a user of the s
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -116,11 +117,24 @@ class RecipeInputs:
     dev: list[Example]  # gold only
     config: TrainConfig
     pseudo: list[Example] = field(default_factory=list)
+    base_trained_on: int | None = None  # a warm start: how many of ``train`` (counted alike) its base trained on
+
+
+def sized_for(inputs: RecipeInputs) -> TrainConfig:
+    """The configuration a training runs with: ``inputs.config``, except that a warm start under
+    ``scale_warm_starts`` has its epochs and minimum of updates scaled by the share of training
+    examples new to its base (at least one epoch; by count, so a relabelled text counts as old)."""
+    config = inputs.config
+    if inputs.base_trained_on is None or not config.scale_warm_starts or not inputs.train:
+        return config
+    new = max(0, len(inputs.train) - inputs.base_trained_on) / len(inputs.train)
+    return replace(config, epochs=max(1, math.ceil(config.epochs * new)), min_steps=math.ceil(config.min_steps * new))
 
 
 @dataclass
 class RecipeOutcome:
     tagger: Tagger
+    config: TrainConfig  # ``sized_for``'s: what the training ran with
     result: TrainResult
     candidate: Scores | None  # dev scores of the new model
     incumbent: Scores | None  # dev scores of the active model, on the same dev set
@@ -138,9 +152,10 @@ def run_recipe(
     None when nothing is active) on the dev set, and decide its promotion."""
     if any(e.meta.get(PSEUDO_LABEL) for e in inputs.dev):
         raise ValueError("the dev set must be gold only: a pseudo-labelled example was given as dev")
+    config = sized_for(inputs)
     tagger = Tagger.load(inputs.base, labels=inputs.labels)
-    result = train(tagger, [*inputs.train, *inputs.pseudo], inputs.dev or None, inputs.config, on_step=on_step, on_epoch=on_epoch)
+    result = train(tagger, [*inputs.train, *inputs.pseudo], inputs.dev or None, config, on_step=on_step, on_epoch=on_epoch)
     candidate = score_on(tagger.predict, inputs.dev)
     incumbent = score_on(active_predict, inputs.dev) if active_predict else None
     promote, reason = decide(candidate, incumbent, active_predict is not None)
-    return RecipeOutcome(tagger, result, candidate, incumbent, promote, reason)
+    return RecipeOutcome(tagger, config, result, candidate, incumbent, promote, reason)

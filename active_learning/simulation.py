@@ -194,6 +194,7 @@ def _run_arm(
     labelled = list(seed_set)
     active: Tagger | None = None
     active_path: str | None = None
+    active_trained_on: int | None = None  # training examples the active version saw (a warm start's base)
     active_f1 = 0.0
     pseudo: list[Example] = []
     kappas: list[float | None] = []
@@ -203,7 +204,7 @@ def _run_arm(
         on_stage(f"seed {seed} · {arm} · round {round_number}/{config.rounds}: training on {len(labelled)} texts")
         set_seed(seed)
         train_set, dev = split_dev([pool[i] for i in labelled], config.dev_share)
-        inputs = RecipeInputs(start_from(active_path, base_model), labels, train_set, dev, train_config, pseudo)
+        inputs = RecipeInputs(start_from(active_path, base_model), labels, train_set, dev, train_config, pseudo, active_trained_on)
         outcome = recipe.run_recipe(inputs, active.predict if active else None, on_step)
         tokens = int(sum(token_count(pool[i]) for i in labelled))
         kappa = None
@@ -217,7 +218,7 @@ def _run_arm(
         signal = stopping.stop_signal(kappas, version_tokens, version_dev_f1)
         if outcome.promote:
             active = outcome.tagger
-            active_path = str(versions / f"round{round_number}")
+            active_path, active_trained_on = str(versions / f"round{round_number}"), len(train_set)
             active.save(active_path)
             active_f1 = test_f1(active)
         on_result(
@@ -323,6 +324,8 @@ def merge_documents(documents: Sequence[dict]) -> dict:
         # off, it says what its absence says now.
         if config.get("diversity") is False:
             del config["diversity"]
+        # Runs from before warm starts could be scaled ran them unscaled.
+        config["train"] = {"scale_warm_starts": False, **config.get("train", {})}
         return {"config": config, **{k: document[k] for k in ("pool", "test", "stop_set")}}
 
     rounds, full_pool_f1, ran, ours = [], {}, set(), None

@@ -37,6 +37,11 @@ class TrainConfig:
     # rows never see a gradient, yet AdamW would still decay and move all of them every step; on a
     # CPU its update is a quarter of the step time (MiniLM: 30k x 384 of 22M parameters).
     freeze_word_embeddings: bool = True
+    # A warm start continues a version that already had its updates on most of these examples. With
+    # this on, its epochs and minimum of updates are scaled by the share of examples new to it (at
+    # least one epoch, ``recipe.sized_for``), so a retraining after a few annotations takes one pass,
+    # not the 1,000 updates a small set needs from a fresh start.
+    scale_warm_starts: bool = False
     seed: int = 0
 
 

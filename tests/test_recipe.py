@@ -92,6 +92,22 @@ def test_pseudo_labels_keep_confident_texts_with_their_weight(trained_model):
         SelfTraining(True, 0.0, 0.5)
 
 
+def test_a_scaled_warm_start_is_sized_to_the_share_of_new_examples_by_hand():
+    gold = toy_corpus(100, seed=1)
+    config = TrainConfig(epochs=10, min_steps=1000, scale_warm_starts=True)
+
+    def sized(base_trained_on, config=config):
+        return recipe.sized_for(RecipeInputs("base", list(LABELS), gold, [], config, base_trained_on=base_trained_on))
+
+    assert sized(None) == config  # a fresh start keeps its configuration
+    assert (sized(80).epochs, sized(80).min_steps) == (2, 200)  # 20 of 100 new: 10 * 0.2 epochs, 1000 * 0.2 steps
+    assert (sized(97).epochs, sized(97).min_steps) == (1, 30)  # at least one epoch
+    assert (sized(120).epochs, sized(120).min_steps) == (1, 0)  # fewer than before (texts removed): one pass
+    assert sized(80).learning_rate == config.learning_rate and sized(80).scale_warm_starts
+    unscaled = TrainConfig(epochs=10, min_steps=1000)
+    assert sized(80, unscaled) == unscaled
+
+
 def test_the_recipe_refuses_a_pseudo_labelled_dev_example(tiny_encoder):
     gold = toy_corpus(5, seed=1)
     pseudo_dev = Example(gold[0].text, list(gold[0].spans), {PSEUDO_LABEL: True, "weight": 0.5})
@@ -136,6 +152,21 @@ def test_pseudo_labels_join_training_but_never_the_dev_set(tiny_encoder, monkeyp
         assert not {e.text for e in inputs.train} & {e.text for e in inputs.pseudo}  # pseudo-labels only for unlabelled texts
         assert {e.text for e in inputs.dev} <= gold
     assert [r["pseudo_labelled"] for r in document["rounds"]] == [len(inputs.pseudo) for inputs, _ in calls]
+
+
+@pytest.mark.slow
+def test_the_simulation_sizes_a_warm_start_by_what_its_base_trained_on(tiny_encoder, monkeypatch):
+    calls = record_recipe_calls(monkeypatch)
+    train = TrainConfig(**{**TINY_TRAIN, "scale_warm_starts": True})
+    config = SimulationConfig(strategies=["mnlp"], seed_size=30, batch=10, rounds=1, base_model=str(tiny_encoder),
+                              full_pool=False, dev_share=0.25, train=train)
+    document = simulate(toy_corpus(80, seed=1), toy_corpus(20, seed=2), LABELS, config)
+    (fresh, _), (warm, _) = calls
+    assert fresh.base_trained_on is None and warm.base_trained_on == len(fresh.train) < len(warm.train)
+    expected = recipe.sized_for(warm)
+    assert expected.epochs < train.epochs  # 15 epochs scaled by the ~25% of examples that are new
+    first, second = document["rounds"]
+    assert second["steps"] < first["steps"]
 
 
 # ---- one training path --------------------------------------------------------------------------------
@@ -183,6 +214,7 @@ def test_the_simulation_and_the_train_job_run_the_same_recipe(tiny_encoder, tmp_
     assert canonical(job.dev) == canonical(simulated.dev) and job.dev
     assert canonical(job.train) == canonical(simulated.train)
     assert job.pseudo == simulated.pseudo == []
+    assert job.base_trained_on is simulated.base_trained_on is None
     assert job_active is None and simulated_active is None
 
 

@@ -536,7 +536,9 @@ def test_an_equal_model_is_promoted_and_a_worse_one_is_not(redis_deployment, red
     deployment = redis_deployment
     project_id, _ = trained_project
     # Learning rate 0: the warm-started candidate is the active model itself, so its dev F1 is equal.
-    equal = wait_job(deployment, request(deployment, project_id, config={"learning_rate": 0.0, "epochs": 1}), redis_worker)
+    # Scaled to what is new to v1 (nothing), its 10 epochs and 500 steps at least become one pass.
+    scaled = {"learning_rate": 0.0, "epochs": 10, "min_steps": 500, "scale_warm_starts": True}
+    equal = wait_job(deployment, request(deployment, project_id, config=scaled), redis_worker)
     assert equal.status == JobStatus.succeeded, equal.error
     assert equal.progress["promoted"] and equal.progress["dev_f1"] == equal.progress["active_dev_f1"]
     # A learning rate this high wrecks it: kept as a candidate, the active version stays.
@@ -546,6 +548,8 @@ def test_an_equal_model_is_promoted_and_a_worse_one_is_not(redis_deployment, red
 
     v1, v2, v3 = versions(deployment, project_id)
     assert (v1.status, v2.status, v3.status) == (ModelStatus.retired, ModelStatus.active, ModelStatus.candidate)
+    assert v2.metrics["base"] == v1.path and (v2.metrics["config"]["epochs"], v2.metrics["config"]["min_steps"]) == (1, 0)
+    assert len(v2.metrics["train"]["history"]) == 1
     assert v3.metrics["compared_with"] == {"version": "v2", "dev_f1": worse.progress["active_dev_f1"]}
     assert Path(v3.path).is_dir()  # kept, so it can still be promoted by hand
 

@@ -49,6 +49,7 @@ class Incumbent:
     id: int
     name: str
     path: str
+    trained_on: int  # training examples, gold and augmented, as ``training_examples`` counts them
 
 
 def labelled_state(session: Session, project_id: int) -> list:
@@ -100,7 +101,9 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
         stop_texts = stop_set_texts(session, project_id)
         kappas, version_tokens, version_dev_f1 = stop_history(session, project_id)
         active = active_version(session, project_id)
-        incumbent = Incumbent(active.id, active.name, active.path) if active else None
+        incumbent = (
+            Incumbent(active.id, active.name, active.path, active.train_size + active.metrics.get("augmented", 0)) if active else None
+        )
         labelled_at_start = labelled_state(session, project_id)
         registered = session.exec(select(ModelVersion.path).where(ModelVersion.project_id == project_id)).all()
     store.remove_leftovers(directory, keep=registered)
@@ -122,9 +125,10 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
     def on_epoch(epoch: EpochLog) -> None:
         run.update(epoch=epoch.epoch, dev_f1=epoch.dev_f1)
 
-    outcome = recipe.run_recipe(RecipeInputs(base, labels, train_set, dev_set, config, pseudo), active_predict, on_step, on_epoch)
-    tagger, result, candidate, active_scores, promote, reason = (
-        outcome.tagger, outcome.result, outcome.candidate, outcome.incumbent, outcome.promote, outcome.reason
+    inputs = RecipeInputs(base, labels, train_set, dev_set, config, pseudo, incumbent.trained_on if incumbent else None)
+    outcome = recipe.run_recipe(inputs, active_predict, on_step, on_epoch)
+    tagger, config, result, candidate, active_scores, promote, reason = (
+        outcome.tagger, outcome.config, outcome.result, outcome.candidate, outcome.incumbent, outcome.promote, outcome.reason
     )
 
     run.update(stage="stopping signal")

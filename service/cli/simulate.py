@@ -13,7 +13,7 @@ from rich.table import Table
 
 from active_learning.strategies import BALD, STRATEGIES
 
-from .common import BatchSize, Epochs, LearningRate, MinSteps, console, fail, progress_bar
+from .common import BatchSize, Epochs, LearningRate, MinSteps, ScaleWarmStarts, console, fail, progress_bar
 from .corpus import CORPUS_HELP, labels_of, load_pool_and_test
 
 app = typer.Typer()
@@ -41,6 +41,7 @@ def simulate(
     min_steps: MinSteps = 1000,
     learning_rate: LearningRate = 1e-4,
     batch_size: BatchSize = 16,
+    scale_warm_starts: ScaleWarmStarts = False,
     mc_samples: int = typer.Option(BALD.mc_samples, help="MC-dropout passes for BALD"),
     full_pool: bool = typer.Option(
         True, "--full-pool/--no-full-pool",
@@ -74,7 +75,9 @@ def simulate(
             full_pool=full_pool,
             dev_share=dev_share,
             self_training=SelfTraining(enabled=True, threshold=self_training_threshold, weight=self_training_weight),
-            train=TrainConfig(epochs=epochs, min_steps=min_steps, learning_rate=learning_rate, batch_size=batch_size),
+            train=TrainConfig(
+                epochs=epochs, min_steps=min_steps, learning_rate=learning_rate, batch_size=batch_size, scale_warm_starts=scale_warm_starts
+            ),
         )
     except ValueError as error:
         fail(str(error))
