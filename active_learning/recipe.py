@@ -121,14 +121,15 @@ class RecipeInputs:
 
 
 def sized_for(inputs: RecipeInputs) -> TrainConfig:
-    """The configuration a training runs with: ``inputs.config``, except that a warm start under
-    ``scale_warm_starts`` has its epochs and minimum of updates scaled by the share of training
-    examples new to its base (at least one epoch; by count, so a relabelled text counts as old)."""
+    """The configuration a training runs with: ``inputs.config``, except that a warm start has its
+    epochs and minimum of updates scaled by (share of training examples new to its base) **
+    ``warm_start_scaling`` (at least one epoch; by count, so a relabelled text counts as old)."""
     config = inputs.config
-    if inputs.base_trained_on is None or not config.scale_warm_starts or not inputs.train:
+    if inputs.base_trained_on is None or not config.warm_start_scaling or not inputs.train:
         return config
     new = max(0, len(inputs.train) - inputs.base_trained_on) / len(inputs.train)
-    return replace(config, epochs=max(1, math.ceil(config.epochs * new)), min_steps=math.ceil(config.min_steps * new))
+    factor = new**config.warm_start_scaling
+    return replace(config, epochs=max(1, math.ceil(config.epochs * factor)), min_steps=math.ceil(config.min_steps * factor))
 
 
 @dataclass

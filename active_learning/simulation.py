@@ -325,7 +325,7 @@ def merge_documents(documents: Sequence[dict]) -> dict:
         if config.get("diversity") is False:
             del config["diversity"]
         # Runs from before warm starts could be scaled ran them unscaled.
-        config["train"] = {"scale_warm_starts": False, **config.get("train", {})}
+        config["train"] = {"warm_start_scaling": 0.0, **config.get("train", {})}
         return {"config": config, **{k: document[k] for k in ("pool", "test", "stop_set")}}
 
     rounds, full_pool_f1, ran, ours = [], {}, set(), None

@@ -37,12 +37,16 @@ class TrainConfig:
     # rows never see a gradient, yet AdamW would still decay and move all of them every step; on a
     # CPU its update is a quarter of the step time (MiniLM: 30k x 384 of 22M parameters).
     freeze_word_embeddings: bool = True
-    # A warm start continues a version that already had its updates on most of these examples. With
-    # this on, its epochs and minimum of updates are scaled by the share of examples new to it (at
-    # least one epoch, ``recipe.sized_for``), so a retraining after a few annotations takes one pass,
-    # not the 1,000 updates a small set needs from a fresh start.
-    scale_warm_starts: bool = False
+    # A warm start continues a version that already had its updates on most of these examples. Its
+    # epochs and minimum of updates are scaled by (share of examples new to it) ** this (at least one
+    # epoch, ``recipe.sized_for``): 0 keeps them whole, 1 scales them linearly (a retraining after a
+    # few annotations then takes one pass instead of a small set's 1,000 updates), 0.5 in between.
+    warm_start_scaling: float = 0.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.warm_start_scaling < 0:  # a negative power would multiply a warm start's updates
+            raise ValueError(f"warm_start_scaling must be at least 0, got {self.warm_start_scaling}")
 
 
 @dataclass

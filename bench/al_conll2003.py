@@ -83,8 +83,8 @@ def main() -> None:
     parser.add_argument("--batch-share", type=float, default=None, help="per round, share of pool tokens (default 0.04; reduced 0.05)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--min-steps", type=int, default=TrainConfig.min_steps, help="per training (the workers' default)")
-    parser.add_argument("--scale-warm-starts", action=argparse.BooleanOptionalAction, default=TrainConfig.scale_warm_starts,
-                        help="size each warm start to the share of new examples (the workers' default)")
+    parser.add_argument("--warm-start-scaling", type=float, default=TrainConfig.warm_start_scaling,
+                        help="scale each warm start's epochs and steps by (share of new examples) ** this (the workers' default)")
     parser.add_argument("--no-full-pool", action="store_true",
                         help="skip the full-pool training (another run of the same seeds measured it; --merge with that run)")
     parser.add_argument("--name", default=None, help="results file name (default: al_conll2003 or al_weibo, _reduced for --reduced)")
@@ -171,7 +171,7 @@ def run_simulation(args: argparse.Namespace, run_dir: Path) -> tuple[dict, list[
         "--strategies", args.arms, "--seeds", args.seeds,
         "--unit", "tokens", "--seed-size", str(seed_size), "--batch", str(batch), "--rounds", str(chosen["rounds"]),
         "--epochs", str(args.epochs), "--min-steps", str(args.min_steps),
-        "--scale-warm-starts" if args.scale_warm_starts else "--no-scale-warm-starts",
+        "--warm-start-scaling", str(args.warm_start_scaling),
         *(["--no-full-pool"] if args.no_full_pool else []),
         "--out", str(run_dir.relative_to(ROOT)),
     ]

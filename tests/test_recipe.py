@@ -94,18 +94,18 @@ def test_pseudo_labels_keep_confident_texts_with_their_weight(trained_model):
 
 def test_a_scaled_warm_start_is_sized_to_the_share_of_new_examples_by_hand():
     gold = toy_corpus(100, seed=1)
-    config = TrainConfig(epochs=10, min_steps=1000, scale_warm_starts=True)
 
-    def sized(base_trained_on, config=config):
+    def sized(base_trained_on, scaling=1.0):
+        config = TrainConfig(epochs=10, min_steps=1000, warm_start_scaling=scaling)
         return recipe.sized_for(RecipeInputs("base", list(LABELS), gold, [], config, base_trained_on=base_trained_on))
 
-    assert sized(None) == config  # a fresh start keeps its configuration
+    assert sized(None) == TrainConfig(epochs=10, min_steps=1000, warm_start_scaling=1.0)  # a fresh start keeps it
     assert (sized(80).epochs, sized(80).min_steps) == (2, 200)  # 20 of 100 new: 10 * 0.2 epochs, 1000 * 0.2 steps
+    assert (sized(96, 0.5).epochs, sized(96, 0.5).min_steps) == (2, 200)  # 4 new: 0.04 ** 0.5 = 0.2
     assert (sized(97).epochs, sized(97).min_steps) == (1, 30)  # at least one epoch
     assert (sized(120).epochs, sized(120).min_steps) == (1, 0)  # fewer than before (texts removed): one pass
-    assert sized(80).learning_rate == config.learning_rate and sized(80).scale_warm_starts
-    unscaled = TrainConfig(epochs=10, min_steps=1000)
-    assert sized(80, unscaled) == unscaled
+    assert sized(80).learning_rate == TrainConfig.learning_rate
+    assert (sized(80, 0.0).epochs, sized(80, 0.0).min_steps) == (10, 1000)  # 0: no scaling
 
 
 def test_the_recipe_refuses_a_pseudo_labelled_dev_example(tiny_encoder):
@@ -157,7 +157,7 @@ def test_pseudo_labels_join_training_but_never_the_dev_set(tiny_encoder, monkeyp
 @pytest.mark.slow
 def test_the_simulation_sizes_a_warm_start_by_what_its_base_trained_on(tiny_encoder, monkeypatch):
     calls = record_recipe_calls(monkeypatch)
-    train = TrainConfig(**{**TINY_TRAIN, "scale_warm_starts": True})
+    train = TrainConfig(**{**TINY_TRAIN, "warm_start_scaling": 1.0})
     config = SimulationConfig(strategies=["mnlp"], seed_size=30, batch=10, rounds=1, base_model=str(tiny_encoder),
                               full_pool=False, dev_share=0.25, train=train)
     document = simulate(toy_corpus(80, seed=1), toy_corpus(20, seed=2), LABELS, config)

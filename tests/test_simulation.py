@@ -223,7 +223,7 @@ def test_cli_simulate_trains_with_the_workers_defaults():
     from service.cli.simulate import simulate
 
     defaults = {name: p.default for name, p in inspect.signature(simulate).parameters.items()}
-    for field in ("epochs", "min_steps", "learning_rate", "batch_size", "scale_warm_starts"):
+    for field in ("epochs", "min_steps", "learning_rate", "batch_size", "warm_start_scaling"):
         assert defaults[field] == getattr(TrainConfig, field), field
 
 

@@ -536,8 +536,8 @@ def test_an_equal_model_is_promoted_and_a_worse_one_is_not(redis_deployment, red
     deployment = redis_deployment
     project_id, _ = trained_project
     # Learning rate 0: the warm-started candidate is the active model itself, so its dev F1 is equal.
-    # Scaled to what is new to v1 (nothing), its 10 epochs and 500 steps at least become one pass.
-    scaled = {"learning_rate": 0.0, "epochs": 10, "min_steps": 500, "scale_warm_starts": True}
+    # Scaled to what is new to v1 (nothing), its 10 epochs and 500 steps become one pass.
+    scaled = {"learning_rate": 0.0, "epochs": 10, "min_steps": 500, "warm_start_scaling": 0.5}
     equal = wait_job(deployment, request(deployment, project_id, config=scaled), redis_worker)
     assert equal.status == JobStatus.succeeded, equal.error
     assert equal.progress["promoted"] and equal.progress["dev_f1"] == equal.progress["active_dev_f1"]

@@ -38,9 +38,8 @@ Epochs = Annotated[int, typer.Option(min=1, help="Training epochs (more when --m
 MinSteps = Annotated[int, typer.Option(min=0, help="At least this many optimizer steps per training")]
 LearningRate = Annotated[float, typer.Option(min=0)]
 BatchSize = Annotated[int, typer.Option(min=1, help="Training batch size")]
-ScaleWarmStarts = Annotated[
-    bool,
-    typer.Option("--scale-warm-starts/--no-scale-warm-starts", help="Size a warm start's epochs and steps to the share of new examples"),
+WarmStartScaling = Annotated[
+    float, typer.Option(min=0.0, help="Scale a warm start's epochs and steps by (share of new examples) ** this; 0: no scaling")
 ]
 
 Body = TypeVar("Body", bound=BaseModel)

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from active_learning.strategies import BALD, STRATEGIES
 
-from .common import BatchSize, Epochs, LearningRate, MinSteps, ScaleWarmStarts, console, fail, progress_bar
+from .common import BatchSize, Epochs, LearningRate, MinSteps, WarmStartScaling, console, fail, progress_bar
 from .corpus import CORPUS_HELP, labels_of, load_pool_and_test
 
 app = typer.Typer()
@@ -41,7 +41,7 @@ def simulate(
     min_steps: MinSteps = 1000,
     learning_rate: LearningRate = 1e-4,
     batch_size: BatchSize = 16,
-    scale_warm_starts: ScaleWarmStarts = False,
+    warm_start_scaling: WarmStartScaling = 0.0,
     mc_samples: int = typer.Option(BALD.mc_samples, help="MC-dropout passes for BALD"),
     full_pool: bool = typer.Option(
         True, "--full-pool/--no-full-pool",
@@ -76,7 +76,8 @@ def simulate(
             dev_share=dev_share,
             self_training=SelfTraining(enabled=True, threshold=self_training_threshold, weight=self_training_weight),
             train=TrainConfig(
-                epochs=epochs, min_steps=min_steps, learning_rate=learning_rate, batch_size=batch_size, scale_warm_starts=scale_warm_starts
+                epochs=epochs, min_steps=min_steps, learning_rate=learning_rate, batch_size=batch_size,
+                warm_start_scaling=warm_start_scaling,
             ),
         )
     except ValueError as error:
