@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
 
 from . import models  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -26,6 +29,7 @@ _engines: dict[str, Engine] = {}
 # with their annotations) holds the lock for seconds on a loaded 2-core machine, and a write that
 # waits longer than this fails (503, see api/errors.py), so the wait is generous.
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+SQLITE_LOCKED_RETRIES = 10  # init_db's tries when SQLite refuses a lock without waiting (see there)
 
 
 def _sqlite_pragmas(connection, _record) -> None:
@@ -78,11 +82,20 @@ def init_db(url: str | None = None) -> Engine:
     url = url or get_settings().database_url
     engine = get_engine(url)
     config = alembic_config(url)
-    with engine.connect() as connection:
-        current = set(MigrationContext.configure(connection).get_current_heads())
-    if current != set(ScriptDirectory.from_config(config).get_heads()):
-        command.upgrade(config, "head")
-    return engine
+    for attempt in itertools.count():
+        try:
+            with engine.connect() as connection:
+                current = set(MigrationContext.configure(connection).get_current_heads())
+            if current != set(ScriptDirectory.from_config(config).get_heads()):
+                command.upgrade(config, "head")
+            return engine
+        except OperationalError as error:
+            # SQLite answers "database is locked" at once, without waiting out the busy timeout, when
+            # waiting could deadlock (switching a fresh file to WAL while another process migrates it):
+            # the remedy is to try again. CI saw it once in two processes starting on a fresh file.
+            if engine.dialect.name != "sqlite" or "locked" not in str(error) or attempt == SQLITE_LOCKED_RETRIES:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 @contextmanager
