@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +35,12 @@ from .tagger import Tagger, default_base_model
 from .training import TrainConfig
 
 TARGET_SHARE = 0.99  # "reaches full-pool quality" means 99% of the full-pool F1 (Shen et al.)
-ARM_OPTIONS = ("self_training", "diversity")  # what "+option" after an arm's strategy may name
 
 
 @dataclass(frozen=True)
 class Arm:
-    """An arm such as ``mnlp``, ``mnlp+self_training`` or ``mnlp+diversity``: a strategy and its options."""
+    """An arm such as ``mnlp``, ``mnlp+self_training`` or ``mnlp+diversity``: a strategy and its
+    options, each a field below that "+field" after the strategy switches on."""
 
     strategy: str
     self_training: bool = False
@@ -49,11 +49,12 @@ class Arm:
     @classmethod
     def parse(cls, arm: str) -> Arm:
         strategy, *options = arm.split("+")
-        unknown = [o for o in options if o not in ARM_OPTIONS]
+        known = [f.name for f in fields(cls) if f.name != "strategy"]
+        unknown = [o for o in options if o not in known]
         if unknown:
-            raise ValueError(f"arm {arm!r}: unknown option {unknown[0]!r}; options are {', '.join('+' + o for o in ARM_OPTIONS)}")
+            raise ValueError(f"arm {arm!r}: unknown option {unknown[0]!r}; options are {', '.join('+' + o for o in known)}")
         make_strategy(strategy)  # fails early on an unknown name
-        return cls(strategy, "self_training" in options, "diversity" in options)
+        return cls(strategy, **dict.fromkeys(options, True))
 
 
 @dataclass

@@ -17,6 +17,8 @@ Weibo F1 measures the loop's mechanics more than a usable Chinese tagger.
     .venv/bin/python bench/al_conll2003.py --reduced                     # pool 1,000, test 300, 4 rounds
     .venv/bin/python bench/al_conll2003.py --merge runs/a/curve.json runs/b/curve.json --name NAME
                                           # arms or seeds run apart (two machines, an arm added later)
+    .venv/bin/python bench/al_conll2003.py --overlay "p = 0=runs/a/curve.json" "p = 1=runs/b/curve.json" --name NAME
+                                          # one arm under different recipes, plotted together
 
 Results go to bench/results/<name>.json and .png (name: al_conll2003, al_weibo, or *_reduced; ``--name``).
 """
@@ -92,8 +94,15 @@ def main() -> None:
     parser.add_argument("--merge", nargs="+", metavar="CURVE_JSON", default=None,
                         help="simulate nothing: summarise these runs' curve.json files as one result (arms or seeds run separately "
                              "under the same protocol, e.g. on two machines)")
+    parser.add_argument("--overlay", nargs="+", metavar="LABEL=CURVE_JSON", default=None,
+                        help="simulate nothing: plot one arm (--overlay-arm) of runs whose recipes differ, one line per LABEL, "
+                             "into <name>.png (the full-pool line: the first run's)")
+    parser.add_argument("--overlay-arm", default="mnlp")
     args = parser.parse_args()
     name = args.name or ("al_conll2003" if args.dataset == "conll2003" else "al_weibo") + ("_reduced" if args.reduced else "")
+    if args.overlay:
+        overlay(args.overlay, args.overlay_arm, args.out / f"{name}.png")
+        return
     if args.merge:
         try:
             document, command, elapsed = merge_documents([json.loads(Path(p).read_text()) for p in args.merge]), None, None
@@ -143,6 +152,24 @@ def main() -> None:
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=2))
     plot_curves(document, args.out / f"{name}.png")
     print(json.dumps({arm: {k: a[k]["mean"] for k in METRICS} for arm, a in arms.items()}, indent=2))
+
+
+def overlay(runs: list[str], arm: str, path: Path) -> None:
+    """One arm of several runs on one plot, each line named by its label: recipes compared side by side."""
+    from active_learning.simulation import plot_curves
+
+    documents = {}
+    for run in runs:
+        label, _, file = run.rpartition("=")  # the last "=": a label may hold one ("p = 1")
+        if not label:
+            sys.exit(f"--overlay: expected LABEL=CURVE_JSON, got {run!r}")
+        try:
+            documents[label] = json.loads(Path(file).read_text())
+        except (OSError, ValueError) as error:
+            sys.exit(f"--overlay: {error}")
+    rounds = [{**r, "strategy": f"{arm}, {label}"} for label, d in documents.items() for r in d["rounds"] if r["strategy"] == arm]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plot_curves({**next(iter(documents.values())), "rounds": rounds, "summary": {}}, path)
 
 
 def run_simulation(args: argparse.Namespace, run_dir: Path) -> tuple[dict, list[str], float]:

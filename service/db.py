@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +15,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_incrementing
 
 from . import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from .settings import get_settings
@@ -82,20 +81,21 @@ def init_db(url: str | None = None) -> Engine:
     url = url or get_settings().database_url
     engine = get_engine(url)
     config = alembic_config(url)
-    for attempt in itertools.count():
-        try:
+    # SQLite answers "database is locked" at once, without waiting out the busy timeout, where waiting
+    # could deadlock (a fresh file switched to WAL while another process migrates it): the remedy is to
+    # try again. CI saw it once, two processes starting on a fresh file.
+    for attempt in Retrying(
+        retry=retry_if_exception(lambda e: isinstance(e, OperationalError) and engine.dialect.name == "sqlite" and "locked" in str(e)),
+        stop=stop_after_attempt(SQLITE_LOCKED_RETRIES + 1),
+        wait=wait_incrementing(start=0.2, increment=0.2),
+        reraise=True,
+    ):
+        with attempt:
             with engine.connect() as connection:
                 current = set(MigrationContext.configure(connection).get_current_heads())
             if current != set(ScriptDirectory.from_config(config).get_heads()):
                 command.upgrade(config, "head")
-            return engine
-        except OperationalError as error:
-            # SQLite answers "database is locked" at once, without waiting out the busy timeout, when
-            # waiting could deadlock (switching a fresh file to WAL while another process migrates it):
-            # the remedy is to try again. CI saw it once in two processes starting on a fresh file.
-            if engine.dialect.name != "sqlite" or "locked" not in str(error) or attempt == SQLITE_LOCKED_RETRIES:
-                raise
-            time.sleep(0.2 * (attempt + 1))
+    return engine
 
 
 @contextmanager

@@ -163,8 +163,7 @@ def test_the_simulation_sizes_a_warm_start_by_what_its_base_trained_on(tiny_enco
     document = simulate(toy_corpus(80, seed=1), toy_corpus(20, seed=2), LABELS, config)
     (fresh, _), (warm, _) = calls
     assert fresh.base_trained_on is None and warm.base_trained_on == len(fresh.train) < len(warm.train)
-    expected = recipe.sized_for(warm)
-    assert expected.epochs < train.epochs  # 15 epochs scaled by the ~25% of examples that are new
+    assert recipe.sized_for(warm).epochs < train.epochs  # 15 epochs scaled by the ~25% of examples that are new
     first, second = document["rounds"]
     assert second["steps"] < first["steps"]
 

@@ -146,6 +146,14 @@ def test_the_benchmark_summarises_separately_run_arms_as_one_result(tmp_path):
     assert results["arms"]["mnlp"]["tokens_fraction_to_99pct_full_f1"]["mean"] == pytest.approx(0.2)
     refused = subprocess.run([*bench, str(paths[0]), str(paths[2])], capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "--merge: run 1 differs from run 0 in test" in refused.stderr
+    # one arm under two recipes, plotted together: a plot, no result file
+    overlay = [sys.executable, str(REPO / "bench" / "al_conll2003.py"), "--name", "recipes", "--out", str(tmp_path), "--overlay"]
+    done = subprocess.run([*overlay, f"p = 0={paths[0]}", f"p = 1={paths[1]}", "--overlay-arm", "mnlp"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "recipes.png").stat().st_size > 0 and not (tmp_path / "recipes.json").exists()
+    refused = subprocess.run([*overlay, str(paths[0])], capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "expected LABEL=CURVE_JSON" in refused.stderr
 
 
 @pytest.mark.slow
