@@ -7,6 +7,8 @@ call ``run_recipe``, so a simulated learning curve measures what a user of the s
   stores the same decision per task as ``Task.is_dev`` when a text is imported;
 - the start: warm from the previous (active) version when there is one, else fresh from the base
   model (``start_from``); a warm start may be sized to what is new to it (``sized_for``);
+- the vocabulary: characters of the training texts that the base model's vocabulary maps to [UNK]
+  get tokens of their own (``Tagger.add_unknown_characters``: Chinese on an English encoder);
 - training: ``training.train`` with early stopping on dev F1, on the gold training examples plus
   any augmented and pseudo-labelled ones (self-training, ``pseudo_labels``), never on the dev set;
 - promotion: the candidate replaces the active version when its dev F1 is not worse on the same
@@ -141,6 +143,7 @@ class RecipeOutcome:
     incumbent: Scores | None  # dev scores of the active model, on the same dev set
     promote: bool
     reason: str
+    added_characters: list[str] = field(default_factory=list)  # ``Tagger.add_unknown_characters``'s, this training
 
 
 def run_recipe(
@@ -155,8 +158,10 @@ def run_recipe(
         raise ValueError("the dev set must be gold only: a pseudo-labelled example was given as dev")
     config = sized_for(inputs)
     tagger = Tagger.load(inputs.base, labels=inputs.labels)
-    result = train(tagger, [*inputs.train, *inputs.pseudo], inputs.dev or None, config, on_step=on_step, on_epoch=on_epoch)
+    examples = [*inputs.train, *inputs.pseudo]
+    added = tagger.add_unknown_characters([e.text for e in examples], seed=config.seed)
+    result = train(tagger, examples, inputs.dev or None, config, on_step=on_step, on_epoch=on_epoch)
     candidate = score_on(tagger.predict, inputs.dev)
     incumbent = score_on(active_predict, inputs.dev) if active_predict else None
     promote, reason = decide(candidate, incumbent, active_predict is not None)
-    return RecipeOutcome(tagger, config, result, candidate, incumbent, promote, reason)
+    return RecipeOutcome(tagger, config, result, candidate, incumbent, promote, reason, added)

@@ -187,6 +187,45 @@ class Tagger:
         self.model.config.id2label = dict(enumerate(tags))
         self.model.config.label2id = {t: i for i, t in enumerate(tags)}
 
+    def add_unknown_characters(self, texts: Sequence[str], seed: int = 0) -> list[str]:
+        """Give every character that is a word of its own and that the vocabulary maps to [UNK] a
+        token of its own, and return those characters.
+
+        An English WordPiece vocabulary such as the default MiniLM's knows 244 CJK characters: 57% of
+        Weibo's characters are [UNK] to it, so a Chinese tagger cannot tell most of its words apart.
+        A new row is drawn, seeded, from the existing rows' mean and spread per dimension and stays
+        fixed like the rest (``TrainConfig.freeze_word_embeddings``): distinct vectors that the
+        encoder learns to read. Only single-character words are added, so no word
+        boundary moves and labels align exactly as before. A vocabulary without [UNK] (byte-level
+        BPE) never needs it.
+        """
+        unknown = self.tokenizer.unk_token_id
+        if unknown is None or not texts:
+            return []
+        batch = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+        found = {
+            text[start]
+            for text, ids, offsets in zip(texts, batch["input_ids"], batch["offset_mapping"])
+            for token, (start, end) in zip(ids, offsets)
+            if token == unknown and end - start == 1
+        }
+        new = sorted(found - self.tokenizer.get_vocab().keys())
+        if not new:
+            return []
+        self.tokenizer.add_tokens(new)
+        known = self.model.get_input_embeddings().weight.detach()
+        # Hugging Face's mean_resizing draws new rows with 1e-9 of the old covariance, nearly one vector
+        # for all of them (right for a language model's output, useless for inputs kept fixed): draw
+        # them at the old rows' own per-dimension spread instead.
+        generator = torch.Generator().manual_seed(seed)
+        draw = torch.randn(len(new), known.shape[1], generator=generator)
+        rows = known.mean(dim=0).cpu() + draw * known.std(dim=0).cpu()
+        self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+        weight = self.model.get_input_embeddings().weight
+        with torch.no_grad():
+            weight[-len(new) :] = rows.to(weight.device, weight.dtype)
+        return new
+
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

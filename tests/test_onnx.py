@@ -117,3 +117,18 @@ def test_mc_dropout_passes_stay_on_pytorch(exported):
     assert forward_pass(session, mc_samples=4) is None and forward_pass(None, mc_samples=0) is None
     with pytest.raises(ValueError, match="embeddings"):
         tagger.predict(["bob"], embeddings=True, logits=session)
+
+
+def test_a_tagger_with_characters_added_to_its_vocabulary_exports_alike(tiny_encoder, tmp_path):
+    """The export takes the grown embedding matrix as it is (Chinese on an English vocabulary)."""
+    from tiny import LABELS, toy_chinese_corpus
+
+    tagger = Tagger.load(str(tiny_encoder), labels=LABELS)
+    chinese = [e.text for e in toy_chinese_corpus(30, seed=4)]
+    assert tagger.add_unknown_characters(chinese)
+    export(tagger, tmp_path)
+    reference = tagger.predict(chinese)
+    got = tagger.predict(chinese, logits=OnnxLogits(tmp_path / ONNX_FILE))
+    for ours, theirs in zip(got, reference):
+        assert ours.entity_spans == theirs.entity_spans
+        np.testing.assert_allclose(ours.marginals, theirs.marginals, atol=FP32_TOLERANCE)

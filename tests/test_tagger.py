@@ -121,3 +121,28 @@ def test_mc_dropout_samples_and_embeddings(trained):
 def test_loading_a_plain_encoder_needs_labels(tiny_encoder):
     with pytest.raises(ValueError, match="labels"):
         Tagger.load(str(tiny_encoder))
+
+
+def test_characters_unknown_to_the_vocabulary_get_tokens_of_their_own(tiny_encoder, tmp_path):
+    tagger = Tagger.load(str(tiny_encoder), labels=LABELS)
+    text = "alice 在北京 zebra"
+    before = tagger.encode([text])
+    unknown = tagger.tokenizer.unk_token_id
+    assert before.windows[0].input_ids.count(unknown) == 4  # 在, 北, 京 and the word "zebra"
+    old = tagger.model.get_input_embeddings().weight.detach().clone()
+
+    assert tagger.add_unknown_characters([text, "北京"]) == sorted("在北京")
+    after = tagger.encode([text])
+    assert after.words == before.words  # no word boundary moved
+    assert after.windows[0].input_ids.count(unknown) == 1  # a multi-character word stays [UNK]
+    grown = tagger.model.get_input_embeddings().weight.detach()
+    assert grown.shape[0] == old.shape[0] + 3 and tagger.model.config.vocab_size == grown.shape[0]
+    assert np.array_equal(grown[: len(old)].numpy(), old.numpy())
+    new_rows = grown[len(old) :].numpy()
+    assert min(np.linalg.norm(new_rows[i] - new_rows[j]) for i in range(3) for j in range(i)) > 0  # distinct vectors
+    assert tagger.add_unknown_characters([text]) == []  # known now
+
+    tagger.save(tmp_path / "model")
+    again = Tagger.load(str(tmp_path / "model"))
+    assert again.encode([text]).windows[0].input_ids == after.windows[0].input_ids
+    assert np.array_equal(again.model.get_input_embeddings().weight.detach().numpy(), grown.numpy())

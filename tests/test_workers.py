@@ -550,6 +550,7 @@ def test_an_equal_model_is_promoted_and_a_worse_one_is_not(redis_deployment, red
     assert (v1.status, v2.status, v3.status) == (ModelStatus.retired, ModelStatus.active, ModelStatus.candidate)
     assert v2.metrics["base"] == v1.path and (v2.metrics["config"]["epochs"], v2.metrics["config"]["min_steps"]) == (1, 0)
     assert len(v2.metrics["train"]["history"]) == 1
+    assert v2.metrics["vocabulary_added"] == 0  # every toy word is in the tiny vocabulary
     assert v3.metrics["compared_with"] == {"version": "v2", "dev_f1": worse.progress["active_dev_f1"]}
     assert Path(v3.path).is_dir()  # kept, so it can still be promoted by hand
 

@@ -36,6 +36,32 @@ def toy_corpus(n: int, seed: int = 0) -> list[Example]:
     return examples
 
 
+CHINESE_PEOPLE = ["张伟", "李娜", "王芳", "刘洋", "陈静", "杨磊"]
+CHINESE_PLACES = ["北京", "上海", "广州", "成都", "西安", "杭州"]
+CHINESE_FILLER = ["我", "今天", "和", "朋友", "去", "了", "在", "看到", "很", "开心", "。", "，"]
+
+
+def toy_chinese_corpus(n: int, seed: int = 0) -> list[Example]:
+    """``toy_corpus`` in Chinese, written without spaces: one word per character, none of them in the
+    tiny encoder's vocabulary (so all are [UNK] to it)."""
+    rng = random.Random(seed)
+    examples = []
+    for _ in range(n):
+        text, spans = "", []
+        for _ in range(rng.randint(4, 10)):
+            roll = rng.random()
+            word, label = (
+                (rng.choice(CHINESE_PEOPLE), "PER") if roll < 0.2
+                else (rng.choice(CHINESE_PLACES), "LOC") if roll < 0.35
+                else (rng.choice(CHINESE_FILLER), None)
+            )
+            if label:
+                spans.append(Span(len(text), len(text) + len(word), label))
+            text += word
+        examples.append(Example(text, spans))
+    return examples
+
+
 def build_tiny_encoder(directory: Path, extra_vocab: list[str] = ()) -> Path:
     """A randomly initialised 2-layer BERT with a word-level vocabulary, saved like a hub model."""
     from transformers import BertConfig, BertModel, BertTokenizerFast

@@ -162,6 +162,7 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
         "train_tokens": sum(len(word_offsets(e.text)) for e in train_set[:real]),  # the learning curve's x
         "labelled_tokens": labelled_tokens,  # train and dev: what annotators labelled, the stopping slope's x
         "pseudo_labelled": len(pseudo),
+        "vocabulary_added": len(outcome.added_characters),  # characters new to the vocabulary (were [UNK])
         "self_training": asdict(self_training),
         "stopping": {**signal.as_dict(), "stop_set_size": len(stop_texts), "advice": signal.advice},
         "dev_size": len(dev_set),
