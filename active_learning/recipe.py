@@ -10,7 +10,8 @@ call ``run_recipe``, so a simulated learning curve measures what a user of the s
 - the vocabulary: characters of the training texts that the base model's vocabulary maps to [UNK]
   get tokens of their own (``Tagger.add_unknown_characters``: Chinese on an English encoder);
 - training: ``training.train`` with early stopping on dev F1, on the gold training examples plus
-  any augmented and pseudo-labelled ones (self-training, ``pseudo_labels``), never on the dev set;
+  any augmented ones (at most a ratio per real one, ``mix_augmented``) and pseudo-labelled ones
+  (self-training, ``pseudo_labels``), never on the dev set;
 - promotion: the candidate replaces the active version when its dev F1 is not worse on the same
   dev set (``decide``).
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -53,6 +55,16 @@ def split_dev(gold: Sequence[Example], share: float) -> tuple[list[Example], lis
     for example in gold:
         (dev if is_dev(content_hash(example.text), share) else train_set).append(example)
     return train_set, dev
+
+
+def mix_augmented(train: Sequence[Example], augmented: Sequence[Example], ratio: float, seed: int) -> list[Example]:
+    """``train`` followed by at most ``ratio`` augmented examples per real one: a seeded sample that
+    keeps ``augmented``'s order, so a retraining on the same data sees the same set."""
+    cap = int(ratio * len(train))
+    if len(augmented) > cap:
+        kept = sorted(random.Random(seed).sample(range(len(augmented)), cap))
+        augmented = [augmented[i] for i in kept]
+    return [*train, *augmented]
 
 
 def start_from(previous: str | None, base_model: str) -> str:

@@ -7,7 +7,8 @@ when its dev F1 is not worse. What a round reports is the active version's test 
 the service would be served. An arm is a strategy with options: ``<strategy>+self_training`` adds
 the active version's confident pseudo-labels from the unlabelled pool to each training,
 ``<strategy>+diversity`` spreads each batch over k-means clusters of sentence embeddings
-(``strategies.select``), both may be given (``mnlp+diversity+self_training``). After every training the
+(``strategies.select``), ``<strategy>+augment`` mixes label-preserving augmentations of the labelled
+texts into each training (``AugmentInLoop``); options combine (``mnlp+diversity+self_training``). After every training the
 stopping signal (``stopping``) compares the candidate with the active version on a fixed stop set.
 
 Per seed, every arm starts from the same random seed set; one training on the whole pool (same
@@ -24,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 from transformers import set_seed
+
+from augment import check as check_augmentation
+from augment import run as augment
 
 from . import recipe, stopping
 from .corpus import word_offsets
@@ -45,6 +49,7 @@ class Arm:
     strategy: str
     self_training: bool = False
     diversity: bool = False
+    augment: bool = False
 
     @classmethod
     def parse(cls, arm: str) -> Arm:
@@ -55,6 +60,24 @@ class Arm:
             raise ValueError(f"arm {arm!r}: unknown option {unknown[0]!r}; options are {', '.join('+' + o for o in known)}")
         make_strategy(strategy)  # fails early on an unknown name
         return cls(strategy, **dict.fromkeys(options, True))
+
+
+@dataclass(frozen=True)
+class AugmentInLoop:
+    """For "+augment" arms: before each round's training, the labelled training texts are augmented
+    as an augmentation job does it (``augment.run`` on every training text, outputs deduplicated
+    against everything labelled; kept across rounds, as the service stores them), and the training
+    mixes in at most ``ratio`` of them per real example (``recipe.mix_augmented``, the service's rule;
+    0.5 is a project's default ``augment_ratio``)."""
+
+    method: str = "mention_replacement"
+    n: int = 1
+    ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_augmentation(self.method, self.n, None)  # an unknown method or a bad n, named
+        if self.ratio <= 0:
+            raise ValueError(f"augment ratio must be positive, got {self.ratio}")
 
 
 @dataclass
@@ -70,6 +93,7 @@ class SimulationConfig:
     full_pool: bool = True
     dev_share: float = 0.2  # the service's default ``dev_share``
     self_training: SelfTraining = field(default_factory=lambda: SelfTraining(enabled=True))  # for "+self_training" arms
+    augment: AugmentInLoop = field(default_factory=AugmentInLoop)  # for "+augment" arms
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -99,6 +123,7 @@ class RoundResult:
     dev_f1: float | None = None  # the candidate's
     steps: int = 0
     pseudo_labelled: int = 0
+    augmented: int = 0  # augmented examples this round's training mixed in
     kappa: float | None = None  # candidate vs the active version on the stop set
     stop_fired: bool = False
     f1_slope_per_1k_tokens: float | None = None
@@ -201,10 +226,14 @@ def _run_arm(
     kappas: list[float | None] = []
     version_tokens: list[int] = []
     version_dev_f1: list[float | None] = []
+    augmented = _Augmented(config.augment, seed)
     for round_number in range(config.rounds + 1):
         on_stage(f"seed {seed} · {arm} · round {round_number}/{config.rounds}: training on {len(labelled)} texts")
         set_seed(seed)
         train_set, dev = split_dev([pool[i] for i in labelled], config.dev_share)
+        gold_train = len(train_set)
+        if options.augment:
+            train_set = augmented.mixed_into(train_set, dev)
         inputs = RecipeInputs(start_from(active_path, base_model), labels, train_set, dev, train_config, pseudo, active_trained_on)
         outcome = recipe.run_recipe(inputs, active.predict if active else None, on_step)
         tokens = int(sum(token_count(pool[i]) for i in labelled))
@@ -226,7 +255,8 @@ def _run_arm(
             RoundResult(
                 arm, seed, round_number, len(labelled), tokens, tokens / pool_tokens, active_f1,
                 promoted=outcome.promote, dev_size=len(dev), dev_f1=version_dev_f1[-1], steps=outcome.result.steps,
-                pseudo_labelled=len(pseudo), kappa=kappa, stop_fired=signal.fired, f1_slope_per_1k_tokens=signal.f1_slope_per_1k_tokens,
+                pseudo_labelled=len(pseudo), augmented=len(train_set) - gold_train, kappa=kappa, stop_fired=signal.fired,
+                f1_slope_per_1k_tokens=signal.f1_slope_per_1k_tokens,
             )
         )
         if round_number == config.rounds:
@@ -244,6 +274,20 @@ def _run_arm(
             chosen = set(picked)
             rest = [k for k in range(len(unlabelled)) if k not in chosen]
             pseudo = recipe.pseudo_labels([pool[unlabelled[k]].text for k in rest], [predictions[k] for k in rest], config.self_training)
+
+
+class _Augmented:
+    """A "+augment" arm's augmented examples, grown before each training as the service grows them."""
+
+    def __init__(self, settings: AugmentInLoop, seed: int):
+        self.settings, self.seed = settings, seed
+        self.examples: dict[str, Example] = {}  # by text, in the order made (the service's store)
+
+    def mixed_into(self, train_set: list[Example], dev: list[Example]) -> list[Example]:
+        made = augment(self.settings.method, train_set, n=self.settings.n, seed=self.seed, labelled=[*train_set, *dev])
+        for example in made.examples:
+            self.examples.setdefault(example.text, example)
+        return recipe.mix_augmented(train_set, list(self.examples.values()), self.settings.ratio, self.seed)
 
 
 def _mean_curve(rounds: list[dict], strategy: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -327,6 +371,8 @@ def merge_documents(documents: Sequence[dict]) -> dict:
             del config["diversity"]
         # Runs from before warm starts could be scaled ran them unscaled.
         config["train"] = {"warm_start_scaling": 0.0, **config.get("train", {})}
+        # Runs from before "+augment" arms had none, so its settings said nothing about them.
+        config.setdefault("augment", asdict(AugmentInLoop()))
         return {"config": config, **{k: document[k] for k in ("pool", "test", "stop_set")}}
 
     rounds, full_pool_f1, ran, ours = [], {}, set(), None

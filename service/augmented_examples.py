@@ -10,11 +10,11 @@ enables augmentation, at most ``augment_ratio`` augmented examples per real one.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
 from sqlmodel import Session, select
 
+from active_learning.recipe import mix_augmented
 from active_learning.spans import Example
 
 from . import sync
@@ -67,12 +67,9 @@ def current_augmented(session: Session, project: Project) -> list[Example]:
 def training_examples(session: Session, project: Project) -> tuple[list[Example], list[Example], int]:
     """(train, dev, augmented): the labelled set split as ``sync.accepted_examples`` does, with the
     project's augmented examples added to ``train`` when it enables them, capped at ``augment_ratio``
-    per real training example (a seeded sample, so retraining on the same data sees the same set)."""
+    per real training example (``recipe.mix_augmented``: the simulation's "+augment" arms mix by it too)."""
     train, dev = sync.accepted_examples(session, project)
     if not project.augment or not train:
         return train, dev, 0
-    augmented = current_augmented(session, project)
-    cap = int(project.augment_ratio * len(train))
-    if len(augmented) > cap:
-        augmented = sorted(random.Random(project.id).sample(augmented, cap), key=lambda e: e.meta["augmented_id"])
-    return train + augmented, dev, len(augmented)
+    mixed = mix_augmented(train, current_augmented(session, project), project.augment_ratio, seed=project.id)
+    return mixed, dev, len(mixed) - len(train)

@@ -8,7 +8,7 @@ from sqlmodel import Session
 
 from active_learning import recipe, stopping
 from active_learning.recipe import PSEUDO_LABEL, RecipeInputs, SelfTraining, split_dev
-from active_learning.simulation import SimulationConfig, simulate
+from active_learning.simulation import AugmentInLoop, SimulationConfig, simulate
 from active_learning.spans import Example
 from active_learning.training import TrainConfig
 from service import sync
@@ -108,6 +108,22 @@ def test_a_scaled_warm_start_is_sized_to_the_share_of_new_examples_by_hand():
     assert (sized(80, 0.0).epochs, sized(80, 0.0).min_steps) == (10, 1000)  # 0: no scaling
 
 
+def test_augmented_examples_join_at_most_the_ratio_per_real_one_a_seeded_sample_in_order():
+    train = toy_corpus(6, seed=1)
+    made = [Example(f"made {i}", [], {"made": i}) for i in range(10)]
+    mixed = recipe.mix_augmented(train, made, 0.5, seed=3)
+    assert mixed[:6] == train and len(mixed) == 6 + 3
+    kept = [e.meta["made"] for e in mixed[6:]]
+    assert kept == sorted(kept)  # in the order they were made
+    assert recipe.mix_augmented(train, made, 0.5, seed=3) == mixed  # the same data, the same set
+    assert {e.meta["made"] for e in recipe.mix_augmented(train, made, 0.5, seed=4)[6:]} != set(kept)
+    assert recipe.mix_augmented(train, made, 2.0, seed=3) == [*train, *made]  # fewer than the cap: all
+    with pytest.raises(ValueError, match="method"):
+        AugmentInLoop(method="paraphrase")
+    with pytest.raises(ValueError, match="ratio"):
+        AugmentInLoop(ratio=0)
+
+
 def test_the_recipe_refuses_a_pseudo_labelled_dev_example(tiny_encoder):
     gold = toy_corpus(5, seed=1)
     pseudo_dev = Example(gold[0].text, list(gold[0].spans), {PSEUDO_LABEL: True, "weight": 0.5})
@@ -174,6 +190,29 @@ def test_pseudo_labels_join_training_but_never_the_dev_set(tiny_encoder, monkeyp
         assert not {e.text for e in inputs.train} & {e.text for e in inputs.pseudo}  # pseudo-labels only for unlabelled texts
         assert {e.text for e in inputs.dev} <= gold
     assert [r["pseudo_labelled"] for r in document["rounds"]] == [len(inputs.pseudo) for inputs, _ in calls]
+
+
+@pytest.mark.slow
+def test_an_augment_arm_trains_on_augmentations_of_its_training_texts_never_of_dev(tiny_encoder, monkeypatch):
+    calls = record_recipe_calls(monkeypatch)
+    pool = [Example(e.text, e.spans, {"id": i}) for i, e in enumerate(toy_corpus(80, seed=1))]  # an augmentation names its source
+    test = toy_corpus(20, seed=2)
+    config = SimulationConfig(
+        strategies=["random+augment"], seed_size=30, batch=10, rounds=1, base_model=str(tiny_encoder), full_pool=False,
+        dev_share=0.25, augment=AugmentInLoop(n=2, ratio=0.5), train=TrainConfig(**TINY_TRAIN),
+    )
+    document = simulate(pool, test, LABELS, config)
+    gold = {e.text for e in pool}
+    assert len(calls) == len(document["rounds"]) == 2
+    for (inputs, _), result in zip(calls, document["rounds"]):
+        real = [e for e in inputs.train if e.text in gold]
+        made = inputs.train[len(real) :]  # after the gold examples, as the service mixes them
+        assert real == inputs.train[: len(real)] and made and all(e.meta["method"] == "mention_replacement" for e in made)
+        assert len(made) == result["augmented"] == int(0.5 * len(real))  # two per text were made: the cap decides
+        assert inputs.dev and {e.text for e in inputs.dev} <= gold
+        assert {e.meta["source"] for e in made} <= {e.meta["id"] for e in real}  # made from training texts, never dev ones
+    (first, _), (second, _) = calls
+    assert second.base_trained_on == len(first.train)  # augmented ones count, as the train job counts them
 
 
 @pytest.mark.slow

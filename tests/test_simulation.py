@@ -2,12 +2,13 @@ import json
 import signal
 import subprocess
 import time
+from dataclasses import astuple
 
 import pytest
 from typer.testing import CliRunner
 
 from active_learning.corpus import write_jsonl
-from active_learning.simulation import Arm, SimulationConfig, merge_documents, simulate, summarize, token_count
+from active_learning.simulation import Arm, AugmentInLoop, SimulationConfig, merge_documents, simulate, summarize, token_count
 from active_learning.training import TrainConfig
 from service.cli import app
 from support import NERLOOP
@@ -233,6 +234,8 @@ def test_cli_simulate_trains_with_the_workers_defaults():
     defaults = {name: p.default for name, p in inspect.signature(simulate).parameters.items()}
     for field in ("epochs", "min_steps", "learning_rate", "batch_size", "warm_start_scaling"):
         assert defaults[field] == getattr(TrainConfig, field), field
+    augment = tuple(defaults[f"augment_{name}"].default for name in ("method", "n", "ratio"))  # typer.Option(default, ...)
+    assert augment == astuple(AugmentInLoop())
 
 
 @pytest.mark.parametrize(
@@ -242,6 +245,8 @@ def test_cli_simulate_trains_with_the_workers_defaults():
         (["--data", "/nonexistent/file.conll"], "no such file"),
         (["--unit", "pages"], "unit must be"),
         (["--seeds", "a,b"], "--seeds"),
+        (["--strategies", "mnlp+augment", "--augment-method", "paraphrase"], "unknown augmentation method 'paraphrase'"),
+        (["--strategies", "mnlp+augmented"], "unknown option 'augmented'"),
     ],
 )
 def test_cli_rejects_bad_input_with_a_clear_message(arguments, message, tmp_path):

@@ -25,8 +25,9 @@ def simulate(
     test: Path | None = typer.Option(None, help="Test file; default: the folder's *testb/*test file, or a 20% hold-out"),
     strategies: str = typer.Option(
         "mnlp,random",
-        help=f"Comma-separated arms: {', '.join(STRATEGIES)}, each with optional '+self_training' (pseudo-labels) and "
-        "'+diversity' (each batch spread over k-means clusters of sentence embeddings): mnlp+diversity",
+        help=f"Comma-separated arms: {', '.join(STRATEGIES)}, each with optional '+self_training' (pseudo-labels), "
+        "'+diversity' (each batch spread over k-means clusters of sentence embeddings) and '+augment' (augmentations "
+        "of the labelled texts mixed into each training): mnlp+diversity",
     ),
     seed_size: int = typer.Option(100, help="Cold-start labelled set, in --unit"),
     batch: int = typer.Option(100, help="Labelled per round, in --unit"),
@@ -50,11 +51,14 @@ def simulate(
     dev_share: float = typer.Option(0.2, min=0.0, max=0.95, help="Hash-chosen dev share of the labelled set (the service's rule)"),
     self_training_threshold: float = typer.Option(0.99, help="+self_training arms: task confidence a pool text needs for a pseudo-label"),
     self_training_weight: float = typer.Option(0.5, help="+self_training arms: loss weight of a pseudo-labelled text"),
+    augment_method: str = typer.Option("mention_replacement", help="+augment arms: the augmentation method"),
+    augment_n: int = typer.Option(1, help="+augment arms: new examples per labelled training text and round, at most"),
+    augment_ratio: float = typer.Option(0.5, help="+augment arms: augmented examples per real one in a training, at most"),
     out: Path = typer.Option(Path("runs/simulate"), help="Output folder for curve.json and curve.png (rewritten after each training)"),
 ):
     """Run the active-learning loop with gold labels standing in for annotators."""
     from active_learning.recipe import SelfTraining
-    from active_learning.simulation import SimulationConfig, write_results
+    from active_learning.simulation import AugmentInLoop, SimulationConfig, write_results
     from active_learning.simulation import simulate as run_simulation
     from active_learning.training import TrainConfig
 
@@ -75,6 +79,7 @@ def simulate(
             full_pool=full_pool,
             dev_share=dev_share,
             self_training=SelfTraining(enabled=True, threshold=self_training_threshold, weight=self_training_weight),
+            augment=AugmentInLoop(augment_method, augment_n, augment_ratio),
             train=TrainConfig(
                 epochs=epochs, min_steps=min_steps, learning_rate=learning_rate, batch_size=batch_size,
                 warm_start_scaling=warm_start_scaling,
