@@ -369,6 +369,10 @@ class VersionSummary(BaseModel):
     per_type: dict[str, TypeScores] = Field(description="Dev precision, recall, F1 and support per entity type")
     decision: str | None = Field(description="Why the training promoted it or not")
     serving: str | None = Field(description="Its forward pass: ONNX Runtime int8 if its dev-set check passed, else PyTorch; and why")
+    vocabulary_added: int | None = Field(
+        description="Characters of its training texts that were [UNK] to its base's vocabulary and got tokens of their own; "
+        "many mean the base model was not pretrained on this language"
+    )
     created_at: datetime
 
 

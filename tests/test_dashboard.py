@@ -90,9 +90,11 @@ def seed(url: str) -> int:
         session.add(Task(project_id=other.id, text="Ivy.", content_hash=sync.content_hash("Ivy.")))
         session.add_all([
             ModelVersion(project_id=project.id, name="v1", path="/models/v1", status=ModelStatus.retired, dev_f1=0.5, train_size=2,
-                         metrics=dev_metrics(0.5, {"PER": 0.6, "LOC": 0.4}, "no active version", 14), created_at=T0),
+                         metrics={**dev_metrics(0.5, {"PER": 0.6, "LOC": 0.4}, "no active version", 14), "vocabulary_added": 2400},
+                         created_at=T0),
             ModelVersion(project_id=project.id, name="v2", path="/models/v2", status=ModelStatus.active, dev_f1=0.8, train_size=3,
-                         metrics={**dev_metrics(0.8, {"PER": 0.9, "LOC": 0.7}, "dev F1 0.8000 >= active 0.5000", 21), "stopping": STOPPING},
+                         metrics={**dev_metrics(0.8, {"PER": 0.9, "LOC": 0.7}, "dev F1 0.8000 >= active 0.5000", 21), "stopping": STOPPING,
+                                  "vocabulary_added": 11},
                          created_at=T0 + timedelta(hours=1)),
         ])
         for n, (kind, status, seconds, progress, error) in enumerate(JOBS):
@@ -155,6 +157,7 @@ def test_dashboard_json(api):
     assert (v2["name"], v2["active"], v2["status"]) == ("v2", True, "active")
     assert v2["dev_size"] == 1 and v2["decision"].startswith("dev F1 0.8000")
     assert {label: s["f1"] for label, s in v2["per_type"].items()} == {"PER": 0.9, "LOC": 0.7}
+    assert (v1["vocabulary_added"], v2["vocabulary_added"]) == (2400, 11)
 
     jobs = data["jobs"]
     assert [(j["kind"], j["status"]) for j in jobs] == [(kind, status.value) for kind, status, *_ in reversed(JOBS)]
@@ -287,6 +290,9 @@ def test_page_renders_the_project(api, tmp_path):
     assert dom.cells(v2)[:7] == ["v2 ★", "active", "3", "1", "0.800", "0.900", "0.700"]
     assert dom.cells(v2)[7] == "–"  # ORG: no dev entities, no F1
     assert v1["attrs"]["data-active"] == "false" and dom.cells(v1)[:2] == ["v1", "retired"]
+    vocabulary = dom.one("p", id="vocabulary")
+    assert "hidden" not in vocabulary["attrs"] and vocabulary["attrs"]["data-added"] == "2411"
+    assert vocabulary["text"].startswith("2,411 characters") and "NERLOOP_BASE_MODEL" in vocabulary["text"]
 
     jobs = dom.rows("jobs")
     assert [(r["attrs"]["data-kind"], r["attrs"]["data-status"]) for r in jobs] == [(k, s.value) for k, s, *_ in reversed(JOBS)]

@@ -61,6 +61,7 @@ def version_summary(version: ModelVersion) -> VersionSummary:
         per_type=dev.get("per_type") or {},
         decision=version.metrics.get("decision"),
         serving=serving_note(version.metrics.get("onnx")),
+        vocabulary_added=version.metrics.get("vocabulary_added"),
         created_at=version.created_at,
     )
 
