@@ -113,6 +113,9 @@ class Tagger:
     labels: list[str]
     max_length: int = 256
     stride: int = 64
+    # Rows of the embedding matrix that came with the base model; those after it are characters
+    # ``add_unknown_characters`` added (None: none were), which train even when the rest is frozen.
+    base_vocabulary_size: int | None = None
     device: torch.device = field(default_factory=pick_device)
 
     def __post_init__(self) -> None:
@@ -144,7 +147,7 @@ class Tagger:
         if saved.is_file():
             stored = json.loads(saved.read_text())
             model = AutoModelForTokenClassification.from_pretrained(path)
-            stored_options = {k: stored[k] for k in ("max_length", "stride") if k in stored}
+            stored_options = {k: stored[k] for k in ("max_length", "stride", "base_vocabulary_size") if k in stored}
             tagger = cls(model, tokenizer, list(stored["labels"]), **{**stored_options, **options})
             if labels:
                 tagger.add_labels(labels)
@@ -193,9 +196,9 @@ class Tagger:
 
         An English WordPiece vocabulary such as the default MiniLM's knows 244 CJK characters: 57% of
         Weibo's characters are [UNK] to it, so a Chinese tagger cannot tell most of its words apart.
-        A new row is drawn, seeded, from the existing rows' mean and spread per dimension and stays
-        fixed like the rest (``TrainConfig.freeze_word_embeddings``): distinct vectors that the
-        encoder learns to read. Only single-character words are added, so no word
+        A new row is drawn, seeded, from the existing rows' mean and spread per dimension, and trains
+        even when the base model's rows are kept fixed (``TrainConfig.freeze_word_embeddings``;
+        ``base_vocabulary_size`` marks where the new rows start). Only single-character words are added, so no word
         boundary moves and labels align exactly as before. A vocabulary without [UNK] (byte-level
         BPE) never needs it.
         """
@@ -214,6 +217,8 @@ class Tagger:
             return []
         self.tokenizer.add_tokens(new)
         known = self.model.get_input_embeddings().weight.detach()
+        if self.base_vocabulary_size is None:
+            self.base_vocabulary_size = known.shape[0]
         # Hugging Face's mean_resizing draws new rows with 1e-9 of the old covariance, nearly one vector
         # for all of them (right for a language model's output, useless for inputs kept fixed): draw
         # them at the old rows' own per-dimension spread instead.
@@ -232,6 +237,8 @@ class Tagger:
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         meta = {"labels": self.labels, "tags": self.tags, "max_length": self.max_length, "stride": self.stride}
+        if self.base_vocabulary_size is not None:
+            meta["base_vocabulary_size"] = self.base_vocabulary_size
         (directory / LABELS_FILE).write_text(json.dumps(meta, indent=2))
 
     # ---- encoding ------------------------------------------------------------------------------

@@ -103,13 +103,18 @@ def train(
 
     model = tagger.model
     embeddings = model.get_input_embeddings()
+    # Frozen, the base model's rows stay as they are; rows added for characters it lacked are random
+    # and must learn: their matrix trains with the base rows' gradients zeroed, and without weight
+    # decay, which would move every row.
+    base_rows = tagger.base_vocabulary_size if config.freeze_word_embeddings else None
+    masked = embeddings.weight if embeddings is not None and base_rows is not None else None
     if embeddings is not None:
-        embeddings.weight.requires_grad_(not config.freeze_word_embeddings)
+        embeddings.weight.requires_grad_(not config.freeze_word_embeddings or masked is not None)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
     groups = [
-        {"params": [p for n, p in trainable if not n.endswith(no_decay)], "weight_decay": config.weight_decay},
-        {"params": [p for n, p in trainable if n.endswith(no_decay)], "weight_decay": 0.0},
+        {"params": [p for n, p in trainable if not n.endswith(no_decay) and p is not masked], "weight_decay": config.weight_decay},
+        {"params": [p for n, p in trainable if n.endswith(no_decay) or p is masked], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
     schedule = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
@@ -130,6 +135,8 @@ def train(
             (loss / config.gradient_accumulation).backward()
             running, seen = running + loss.item(), seen + 1
             if seen % config.gradient_accumulation == 0 or first + config.batch_size >= len(data):
+                if masked is not None and masked.grad is not None:
+                    masked.grad[:base_rows] = 0
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
                 schedule.step()

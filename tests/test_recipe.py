@@ -4,6 +4,7 @@ signal's arithmetic (``active_learning.stopping``)."""
 from __future__ import annotations
 
 import pytest
+import torch
 from sqlmodel import Session
 
 from active_learning import recipe, stopping
@@ -133,8 +134,8 @@ def test_the_recipe_refuses_a_pseudo_labelled_dev_example(tiny_encoder):
 
 def test_the_recipe_learns_a_language_its_base_vocabulary_lacks(tiny_encoder):
     """Every character of the Chinese toy corpus is [UNK] to the tiny encoder: the recipe gives each a
-    token of its own (kept fixed, the product's default) and learns the names; the same training
-    without them cannot tell a name from a filler word."""
+    token of its own, whose row learns while the base model's rows stay fixed (the product's default),
+    and learns the names; the same training without them cannot tell a name from a filler word."""
     from active_learning.metrics import evaluate
     from active_learning.tagger import Tagger
     from active_learning.training import train
@@ -149,8 +150,16 @@ def test_the_recipe_learns_a_language_its_base_vocabulary_lacks(tiny_encoder):
         return evaluate(test, [p.entity_spans for p in tagger.predict([e.text for e in test])]).f1
 
     unknown = Tagger.load(str(tiny_encoder), labels=LABELS)
+    base_rows = unknown.model.get_input_embeddings().weight.detach().clone()
     train(unknown, train_set, dev, config)
     assert f1(outcome.tagger) >= 0.9 > 0.5 >= f1(unknown)
+
+    rows = outcome.tagger.model.get_input_embeddings().weight.detach()
+    assert outcome.tagger.base_vocabulary_size == len(base_rows)
+    assert torch.equal(rows[: len(base_rows)], base_rows)  # fixed: no gradient, no weight decay
+    drawn = Tagger.load(str(tiny_encoder), labels=LABELS)
+    drawn.add_unknown_characters([e.text for e in train_set])
+    assert not torch.allclose(rows[len(base_rows) :], drawn.model.get_input_embeddings().weight[len(base_rows) :])  # trained
 
 
 def record_recipe_calls(monkeypatch, stop_after_first: bool = False) -> list[tuple[RecipeInputs, object]]:
