@@ -8,8 +8,9 @@ the service would be served. An arm is a strategy with options: ``<strategy>+sel
 the active version's confident pseudo-labels from the unlabelled pool to each training,
 ``<strategy>+diversity`` spreads each batch over k-means clusters of sentence embeddings
 (``strategies.select``), ``<strategy>+augment`` mixes label-preserving augmentations of the labelled
-texts into each training (``AugmentInLoop``); options combine (``mnlp+diversity+self_training``). After every training the
-stopping signal (``stopping``) compares the candidate with the active version on a fixed stop set.
+texts into each training (``AugmentInLoop``); options combine (``mnlp+diversity+self_training``).
+After every training the stopping signal (``stopping``) compares the candidate with the active
+version on a fixed stop set.
 
 Per seed, every arm starts from the same random seed set; one training on the whole pool (same
 recipe, fresh start) gives the reference F1. Costs are counted in sentences or in words.

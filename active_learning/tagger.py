@@ -198,9 +198,9 @@ class Tagger:
         Weibo's characters are [UNK] to it, so a Chinese tagger cannot tell most of its words apart.
         A new row is drawn, seeded, from the existing rows' mean and spread per dimension, and trains
         even when the base model's rows are kept fixed (``TrainConfig.freeze_word_embeddings``;
-        ``base_vocabulary_size`` marks where the new rows start). Only single-character words are added, so no word
-        boundary moves and labels align exactly as before. A vocabulary without [UNK] (byte-level
-        BPE) never needs it.
+        ``base_vocabulary_size`` marks where the new rows start). Only single-character words are
+        added, so no word boundary moves and labels align exactly as before. A vocabulary without
+        [UNK] (byte-level BPE) never needs it.
         """
         unknown = self.tokenizer.unk_token_id
         if unknown is None or not texts:
