@@ -308,3 +308,22 @@ def test_the_recipe_steps_benchmark_runs_at_tiny_sizes(shared_data, tiny_encoder
     assert few["sentences"] == more["sentences"] and few["tokens"] <= document["pool"]["tokens"] // 2
     assert few["train_sentences"] + few["dev_sentences"] == few["sentences"]
     assert few["steps"] < more["steps"] and more["steps"] >= 6
+
+
+def test_the_vocabulary_benchmark_runs_at_tiny_sizes(shared_data, tiny_encoder, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from support import REPO
+
+    out = tmp_path / "vocabulary.json"
+    command = [sys.executable, str(REPO / "bench" / "vocabulary.py"), "--data", str(shared_data / "weibo_ner"), "--pool-size", "40",
+               "--test-size", "20", "--min-steps", "4", "--epochs", "1", "--base-model", str(tiny_encoder), "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    document = json.loads(out.read_text())
+    assert document["complete"] is True and document["train"] + document["dev"] == 40 and document["test"] == 20
+    recipe_run, base_run = document["trainings"]
+    assert recipe_run["characters_added"] > 0 == base_run["characters_added"]
+    assert recipe_run["test_unk_tokens"] < base_run["test_unk_tokens"] <= base_run["test_characters"]
