@@ -13,7 +13,8 @@ all-MiniLM-L6-v2, has an English WordPiece vocabulary that knows 244 CJK charact
 characters are [UNK] to it); every training gives the others tokens of their own
 (``Tagger.add_unknown_characters``: 2,788 for the whole pool). A message is ~3x a CoNLL sentence in
 sub-words and a training step took ~2x as long here (1.4 s): ``--min-steps 425`` (5 epochs of the full
-pool, the rule behind the workers' 1,000 for a 4,000-sentence pool) keeps a seed's run to ~1.5 hours.
+pool, the rule behind the workers' 1,000 for a 4,000-sentence pool) kept a seed's run with 3 rounds
+to 54 minutes here.
 
     .venv/bin/python bench/al_conll2003.py --seeds 0,1,2                 # the full benchmark
     .venv/bin/python bench/al_conll2003.py --dataset weibo --seeds 0 --arms mnlp,random --rounds 3 --min-steps 425
@@ -135,7 +136,7 @@ def main() -> None:
         "dataset": args.dataset,
         "caveat": (
             "all-MiniLM-L6-v2 is an English encoder: 57% of Weibo's characters are [UNK] to its vocabulary; each training "
-            "gives them tokens of their own (fixed random embeddings the encoder learns to read), so Weibo F1 measures the "
+            "gives them tokens of their own (rows that train while the base rows stay fixed), so Weibo F1 measures the "
             "loop on an English encoder, far from a Chinese one's" if args.dataset == "weibo" else None
         ),
         "benchmark_command": ".venv/bin/" + invocation,
