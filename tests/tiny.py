@@ -16,24 +16,7 @@ LABELS = ["LOC", "PER"]
 
 def toy_corpus(n: int, seed: int = 0) -> list[Example]:
     """Sentences where names are PER and cities are LOC: learnable from word identity alone."""
-    rng = random.Random(seed)
-    examples = []
-    for _ in range(n):
-        words, spans, cursor = [], [], 0
-        for _ in range(rng.randint(4, 12)):
-            roll = rng.random()
-            if roll < 0.2:
-                word, label = rng.choice(PEOPLE), "PER"
-            elif roll < 0.35:
-                word, label = rng.choice(PLACES), "LOC"
-            else:
-                word, label = rng.choice(FILLER), None
-            if label:
-                spans.append(Span(cursor, cursor + len(word), label))
-            words.append(word)
-            cursor += len(word) + 1
-        examples.append(Example(" ".join(words), spans))
-    return examples
+    return _toy_sentences(n, seed, PEOPLE, PLACES, FILLER, separator=" ", most_words=12)
 
 
 CHINESE_PEOPLE = ["张伟", "李娜", "王芳", "刘洋", "陈静", "杨磊"]
@@ -44,21 +27,27 @@ CHINESE_FILLER = ["我", "今天", "和", "朋友", "去", "了", "在", "看到
 def toy_chinese_corpus(n: int, seed: int = 0) -> list[Example]:
     """``toy_corpus`` in Chinese, written without spaces: one word per character, none of them in the
     tiny encoder's vocabulary (so all are [UNK] to it)."""
+    return _toy_sentences(n, seed, CHINESE_PEOPLE, CHINESE_PLACES, CHINESE_FILLER, separator="", most_words=10)
+
+
+def _toy_sentences(n, seed, people, places, filler, separator: str, most_words: int) -> list[Example]:
     rng = random.Random(seed)
     examples = []
     for _ in range(n):
-        text, spans = "", []
-        for _ in range(rng.randint(4, 10)):
+        words, spans, cursor = [], [], 0
+        for _ in range(rng.randint(4, most_words)):
             roll = rng.random()
-            word, label = (
-                (rng.choice(CHINESE_PEOPLE), "PER") if roll < 0.2
-                else (rng.choice(CHINESE_PLACES), "LOC") if roll < 0.35
-                else (rng.choice(CHINESE_FILLER), None)
-            )
+            if roll < 0.2:
+                word, label = rng.choice(people), "PER"
+            elif roll < 0.35:
+                word, label = rng.choice(places), "LOC"
+            else:
+                word, label = rng.choice(filler), None
             if label:
-                spans.append(Span(len(text), len(text) + len(word), label))
-            text += word
-        examples.append(Example(text, spans))
+                spans.append(Span(cursor, cursor + len(word), label))
+            words.append(word)
+            cursor += len(word) + len(separator)
+        examples.append(Example(separator.join(words), spans))
     return examples
 
 
