@@ -17,11 +17,14 @@ registering; a version the promotion rule keeps back is promoted by hand, ``prom
 the score_pool job (queue wait, scoring: all pool predictions stored), and the push into Label
 Studio until its ``GET /api/projects/{id}/next`` answers a task whose prediction is the new version's
 (the push switches versions after its first, lowest-scored chunk; ``push_seconds_in_all`` is the
-whole import). Writes bench/results/loop_latency.json.
+whole import). With quick retraining (``NERLOOP_QUICK_RETRAINING``, the default) the timed training is
+the quick stage; the full stage that follows its push is timed after the loop's end (``full_stage``:
+from the same annotation to Label Studio serving the full stage's version). ``--no-quick-retraining``:
+one training per trigger, as before. Writes bench/results/loop_latency.json.
 
     .venv/bin/python bench/loop_latency.py [--labelled 1000] [--pool 10000] [--base-model DIR]
-        [--train-config JSON] [--label-studio-db postgresql|sqlite] [--label-studio-url URL --label-studio-api-key KEY]
-        [--out PATH]
+        [--train-config JSON] [--no-quick-retraining] [--label-studio-db postgresql|sqlite]
+        [--label-studio-url URL --label-studio-api-key KEY] [--out PATH]
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pool", type=int, default=10_000)
     parser.add_argument("--base-model", default="", help="encoder directory (default: all-MiniLM-L6-v2)")
     parser.add_argument("--train-config", default="{}", help="NERLOOP_TRAIN_CONFIG for the worker (JSON)")
+    parser.add_argument("--no-quick-retraining", action="store_true", help="NERLOOP_QUICK_RETRAINING=false: one training per trigger")
     parser.add_argument("--label-studio-db", choices=("postgresql", "sqlite"), default="postgresql",
                         help="the started Label Studio's database (postgresql: a fresh one on --postgres-url's server)")
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
@@ -145,6 +149,7 @@ def measure(args: argparse.Namespace, home: Path, stops: list) -> dict:
         "NERLOOP_LABEL_STUDIO_URL": args.label_studio_url,
         "NERLOOP_LABEL_STUDIO_API_KEY": args.label_studio_api_key,
         "NERLOOP_TRAIN_CONFIG": args.train_config,
+        "NERLOOP_QUICK_RETRAINING": str(not args.no_quick_retraining).lower(),
         "NERLOOP_JOB_HEARTBEAT_SECONDS": "0.2",  # progress (the stages polled here) is written with each heartbeat
         **({"NERLOOP_BASE_MODEL": args.base_model} if args.base_model else {}),
     }
@@ -293,6 +298,16 @@ def measure(args: argparse.Namespace, home: Path, stops: list) -> dict:
         time.sleep(0.5)  # each /next is a query over the whole pool in Label Studio, beside the import
     ended = served
 
+    full_stage = None
+    if train_job.progress.get("retraining") == "quick":  # the full stage follows the quick version's push
+        full = wait_for("the full stage", lambda: finished("train", train_job.id), args.timeout, every=0.5).progress
+        full_stage = {"version": full["version"], "retraining": full["retraining"], "steps": full.get("total_steps"),
+                      "promoted": full["promoted"], "decision": full["decision"],
+                      "seconds_until_trained": round(time.perf_counter() - started, 3), "seconds_until_served": None}
+        if full["promoted"]:
+            wait_for("Label Studio to serve the full stage's version", lambda: next_task_version() == full["version"], args.timeout, 0.5)
+            full_stage["seconds_until_served"] = round(time.perf_counter() - started, 3)
+
     timeline = sorted([("queued for training", started), *marks.items()], key=lambda kv: kv[1])
     parts: dict[str, float] = {}
     for (name, at), (_, until) in zip(timeline, [*timeline[1:], ("end", ended)]):
@@ -310,6 +325,7 @@ def measure(args: argparse.Namespace, home: Path, stops: list) -> dict:
         "labelled": args.labelled,
         "pool": len(pool),
         "train_config": json.loads(args.train_config),
+        "quick_retraining": not args.no_quick_retraining,
         "label_studio_database": args.label_studio_db if started_label_studio else "unknown (given --label-studio-url)",
         "first_version": first.name if first else None,
         "new_version": version.name,
@@ -322,6 +338,7 @@ def measure(args: argparse.Namespace, home: Path, stops: list) -> dict:
         "export_and_check_seconds_in_the_worker": {k: version.metrics["onnx"][k] for k in ("export_seconds", "check_seconds")},
         "onnx_check": version.metrics["onnx"],
         "training_progress": train_job.progress,
+        "full_stage": full_stage,  # after a quick stage: the configured training, from the same annotation
         "scoring_progress": job("score_pool", first_scoring.id).progress,
         "target_seconds": 120,
     }

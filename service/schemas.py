@@ -368,6 +368,10 @@ class VersionSummary(BaseModel):
     dev_f1: float | None
     per_type: dict[str, TypeScores] = Field(description="Dev precision, recall, F1 and support per entity type")
     decision: str | None = Field(description="Why the training promoted it or not")
+    retraining: Literal["quick", "full"] | None = Field(
+        description="quick: the one-pass stage served while the full training follows (``NERLOOP_QUICK_RETRAINING``); "
+        "None for versions trained before it was recorded"
+    )
     serving: str | None = Field(description="Its forward pass: ONNX Runtime int8 if its dev-set check passed, else PyTorch; and why")
     vocabulary_added: int | None = Field(
         description="Characters of its training texts that were [UNK] to its base's vocabulary and got tokens of their own; "

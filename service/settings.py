@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     # TrainConfig fields for every training, as JSON: NERLOOP_TRAIN_CONFIG='{"epochs": 5}'. A
     # ``config`` keyword given to the ``nerloop.train`` task overrides it again, field by field.
     train_config: dict[str, Any] = {}
+    # A training that continues the active version on examples no version has seen runs in two stages:
+    # first a quick one (the warm start sized to what changed, ``warm_start_scaling`` 1: one pass after
+    # a few annotations), registered and pushed to Label Studio at once, then the configured training
+    # as its follow-up. The annotator sees the new labels' effect in seconds instead of minutes; the
+    # version the loop settles on is the full training's (``workers.retrain``).
+    quick_retraining: bool = True
     # Queue a label review (``nerloop.review``: k fold trainings from the base model) after each promotion.
     review_after_training: bool = True
     score_shard_size: int = 256  # pool tasks per scoring shard

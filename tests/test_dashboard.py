@@ -96,6 +96,11 @@ def seed(url: str) -> int:
                          metrics={**dev_metrics(0.8, {"PER": 0.9, "LOC": 0.7}, "dev F1 0.8000 >= active 0.5000", 21), "stopping": STOPPING,
                                   "vocabulary_added": 11},
                          created_at=T0 + timedelta(hours=1)),
+            # a quick stage kept back (workers/retrain.py): no stopping signal, no point on the curve
+            ModelVersion(project_id=project.id, name="v3", path="/models/v3", status=ModelStatus.candidate, dev_f1=0.7, train_size=4,
+                         metrics={**dev_metrics(0.7, {"PER": 0.8, "LOC": 0.6}, "dev F1 0.7000 < active 0.8000", 28),
+                                  "retraining": "quick", "vocabulary_added": 0},
+                         created_at=T0 + timedelta(hours=2)),
         ])
         for n, (kind, status, seconds, progress, error) in enumerate(JOBS):
             created = T0 + timedelta(minutes=10 * n)
@@ -152,7 +157,8 @@ def test_dashboard_json(api):
         {"version": "v2", "train_size": 3, "train_tokens": 21, "dev_f1": 0.8},
     ]
 
-    v1, v2 = data["model_versions"]
+    v1, v2, v3 = data["model_versions"]
+    assert (v1["retraining"], v3["retraining"]) == (None, "quick")  # v1: stored before it was recorded
     assert (v1["name"], v1["active"], v1["status"]) == ("v1", False, "retired")
     assert (v2["name"], v2["active"], v2["status"]) == ("v2", True, "active")
     assert v2["dev_size"] == 1 and v2["decision"].startswith("dev F1 0.8000")
@@ -285,7 +291,8 @@ def test_page_renders_the_project(api, tmp_path):
     labels = {row["attrs"]["data-label"]: dom.cells(row)[:2] for row in dom.rows("labels")}
     assert labels == {"PER": ["PER", "5"], "LOC": ["LOC", "3"], "ORG": ["ORG", "0"]}
 
-    v2, v1 = dom.rows("versions")  # newest first
+    v3, v2, v1 = dom.rows("versions")  # newest first
+    assert dom.cells(v3)[:2] == ["v3 quick", "candidate"]
     assert v2["attrs"]["data-active"] == "true" and v2["attrs"]["class"] == "active"
     assert dom.cells(v2)[:7] == ["v2 ★", "active", "3", "1", "0.800", "0.900", "0.700"]
     assert dom.cells(v2)[7] == "–"  # ORG: no dev entities, no F1

@@ -40,6 +40,12 @@ def test_the_loop_latency_benchmark_runs_at_tiny_sizes(label_studio, tiny_encode
     assert sum(parts.values()) == pytest.approx(document["seconds_total"], abs=0.05)
     assert document["largest_part"] in parts and document["scoring_progress"]["scored"] == 40
     assert document["training_progress"]["stage"] == "done"
+    # The timed training is the quick stage; the full stage, the configured recipe, follows its push.
+    assert document["quick_retraining"] and document["training_progress"]["retraining"] == "quick"
+    full = document["full_stage"]
+    assert full["retraining"] == "full" and full["version"] not in (document["first_version"], document["new_version"])
+    assert full["seconds_until_trained"] > document["seconds_total"]
+    assert full["seconds_until_served"] is None if not full["promoted"] else full["seconds_until_served"] >= full["seconds_until_trained"]
     assert document["promoted"] == "by the rule" or document["promoted"].startswith("by hand (dev F1")
     assert document["label_studio_database"] == "postgresql"
     with psycopg.connect(server) as connection:  # the benchmark dropped the database it made

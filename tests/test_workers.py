@@ -34,6 +34,7 @@ from active_learning.metrics import Scores
 from active_learning.recipe import decide
 from active_learning.spans import Example, validate
 from active_learning.tagger import LABELS_FILE, Tagger
+from active_learning.training import TrainConfig
 from service import augmented_examples, job_queue, sync
 from service.db import get_engine, init_db
 from service.models import (
@@ -53,6 +54,7 @@ from service.settings import Settings, get_settings
 from support import NERLOOP, REPO, TINY_TRAIN, add_labelled_task, add_project, make_client, wait_until
 from tiny import LABELS, toy_corpus
 from workers import celery_app, lifecycle, store
+from workers.retrain import Incumbent, is_quick_stage
 
 # kombu's SQLAlchemy transport (the embedded broker) uses a loader option SQLAlchemy 2.1 deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
@@ -315,6 +317,23 @@ def test_promotion_rule():
     assert decide(scores(0.9), scores(0.8), has_active=True)[0]
     assert not decide(scores(0.7), scores(0.8), has_active=True)[0]
     assert not decide(None, None, has_active=True)[0]  # no dev set: nothing proves it better
+
+
+def test_a_training_is_the_quick_stage_only_for_examples_new_to_every_version():
+    full = ModelVersion(project_id=1, name="v1", path="/m/v1", train_size=40, metrics={"base": "/base", "augmented": 10})
+    quick = ModelVersion(project_id=1, name="v2", path="/m/v2", train_size=45, metrics={"base": "/m/v1", "retraining": "quick"})
+    on, scaled = TrainConfig(), TrainConfig(warm_start_scaling=1.0)
+    incumbent = Incumbent.of(full)
+    assert (incumbent.trained_on, incumbent.signal_reference) == (50, "/m/v1")  # augmented examples count
+    assert is_quick_stage(True, on, incumbent, 50, 51)  # one example new to every version
+    assert not is_quick_stage(True, on, incumbent, 50, 50)  # nothing new (a relabel, `nerloop train`): the full stage
+    assert not is_quick_stage(True, on, None, None, 50)  # a fresh start has nothing to continue quickly
+    assert not is_quick_stage(False, on, incumbent, 50, 51)  # NERLOOP_QUICK_RETRAINING=false
+    assert not is_quick_stage(True, scaled, incumbent, 50, 51)  # the recipe is one pass already
+    # After a quick v2 on 45 (kept back or not), the training that follows on the same 45 is the full stage,
+    # and its stopping signal compares with the version the quick one continued.
+    assert not is_quick_stage(True, on, incumbent, 45, 45)
+    assert Incumbent.of(quick).signal_reference == "/m/v1"
 
 
 def test_owner_liveness():
@@ -707,15 +726,25 @@ def test_embedded_sqlite_broker_cli_train_and_follow_up(tmp_path, tiny_encoder, 
             with deployment.session() as session:
                 return session.exec(select(Job).where(Job.kind == "train").order_by(Job.id)).all()
 
-        # The follow-up is queued just after the job is marked done: wait for it, then for no other.
+        # The follow-up is queued just after the job is marked done. The annotations are new to v1, so
+        # it is the quick stage, and the full stage follows its push: two trainings, then no other.
         wait_until(lambda: len(train_jobs()) > 1, 30, message="the follow-up training")
-        time.sleep(1)
-        trainings = train_jobs()
-        assert len(trainings) == 2  # exactly one follow-up for the annotations that arrived
-        follow_up = wait_job(deployment, trainings[1].id, worker, timeout=120)
+        follow_up = wait_job(deployment, train_jobs()[1].id, worker, timeout=120)
         assert follow_up.status == JobStatus.succeeded, follow_up.error
         first = job_row(deployment, job.id).progress
         assert follow_up.progress["train_size"] + follow_up.progress["dev_size"] > first["train_size"] + first["dev_size"]
+        assert follow_up.progress["retraining"] == "quick" and follow_up.progress["stopping"] is None
+        wait_until(lambda: len(train_jobs()) > 2, 60, message="the full stage after the quick version's push")
+        full = wait_job(deployment, train_jobs()[2].id, worker, timeout=120)
+        assert full.status == JobStatus.succeeded and full.progress["retraining"] == "full", full.error
+        time.sleep(1)
+        assert len(train_jobs()) == 3
+        v1, quick, settled = versions(deployment, project_id)
+        assert quick.metrics["base"] == v1.path and quick.metrics["config"]["warm_start_scaling"] == 1.0
+        assert quick.metrics["config"]["epochs"] < 150 and "stopping" not in quick.metrics  # one pass over what changed, scaled
+        assert settled.metrics["base"] == quick.path and settled.train_size == quick.train_size
+        assert (settled.metrics["config"]["epochs"], settled.metrics["config"]["warm_start_scaling"]) == (150, 0.0)
+        assert settled.metrics["stopping"]["kappa"] is not None  # against v1: a quick version never counts as a step
 
         active = [v for v in versions(deployment, project_id) if v.status == ModelStatus.active]
         assert len(active) == 1 and active[0].dev_f1 is not None and Path(active[0].path).is_dir()

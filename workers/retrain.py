@@ -2,6 +2,13 @@
 version, early stopping on the dev set, compared with the active version on the same dev set), the
 stopping signal against the active version, then save, register, promote when not worse.
 
+Two stages (``NERLOOP_QUICK_RETRAINING``, on by default): a training with examples new to every
+version so far is the quick stage, the warm start sized to what changed (one pass after a few
+annotations), so Label Studio serves the new labels' effect within a minute; it carries no stopping
+signal and asks for a follow-up training. That one finds nothing new and runs the configured recipe,
+the full stage, whose version the loop settles on; its stopping signal compares it with the full
+version before the quick one, so the quick stage never makes the predictions look stable.
+
 The active model is never touched until the last transaction, which (fenced by the job's owner
 token) registers the new version and, when it wins, retires the old one. A run killed at any point
 before that leaves the active version, its row and its files exactly as they were.
@@ -12,7 +19,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -50,6 +57,30 @@ class Incumbent:
     name: str
     path: str
     trained_on: int  # training examples, gold and augmented, as ``training_examples`` counts them
+    signal_reference: str  # the version the stopping signal compares with: this one or, for a quick one, the one it continued
+
+    @classmethod
+    def of(cls, version: ModelVersion) -> Incumbent:
+        quick = version.metrics.get("retraining") == QUICK
+        return cls(version.id, version.name, version.path, trained_on(version), version.metrics["base"] if quick else version.path)
+
+
+QUICK, FULL = "quick", "full"  # a version's ``metrics["retraining"]``
+
+
+def trained_on(version: ModelVersion) -> int:
+    """Training examples, gold and augmented, as ``training_examples`` counts them."""
+    return version.train_size + version.metrics.get("augmented", 0)
+
+
+def is_quick_stage(enabled: bool, config: TrainConfig, incumbent: Incumbent | None, newest_trained_on: int | None, examples: int) -> bool:
+    """Whether this training is the quick stage: quick retraining is ``enabled``, it continues an active
+    version, some of its ``examples`` are new to every version so far (counted as ``sized_for`` counts:
+    the newest version trained on fewer), and the configured recipe is not a one-pass warm start already."""
+    return (
+        enabled and incumbent is not None and newest_trained_on is not None and newest_trained_on < examples
+        and config.warm_start_scaling < 1
+    )
 
 
 def labelled_state(session: Session, project_id: int) -> list:
@@ -101,15 +132,18 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
         stop_texts = stop_set_texts(session, project_id)
         kappas, version_tokens, version_dev_f1 = stop_history(session, project_id)
         active = active_version(session, project_id)
-        incumbent = (
-            Incumbent(active.id, active.name, active.path, active.train_size + active.metrics.get("augmented", 0)) if active else None
-        )
+        incumbent = Incumbent.of(active) if active else None
+        newest = session.exec(select(ModelVersion).where(ModelVersion.project_id == project_id).order_by(ModelVersion.id.desc())).first()
+        newest_trained_on = trained_on(newest) if newest else None
         labelled_at_start = labelled_state(session, project_id)
         registered = session.exec(select(ModelVersion.path).where(ModelVersion.project_id == project_id)).all()
     store.remove_leftovers(directory, keep=registered)
     if not real:
         raise ValueError(f"project {project_id} has no labelled training examples yet ({len(dev_set)} in the dev set)")
 
+    quick = is_quick_stage(settings.quick_retraining, config, incumbent, newest_trained_on, len(train_set))
+    if quick:
+        config = replace(config, warm_start_scaling=1.0)
     base = start_from(incumbent.path if incumbent else None, settings.base_model or default_base_model())
     active_predict = partial(predict_with, incumbent.path) if incumbent else None
     pseudo = []
@@ -117,7 +151,7 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
         run.update(stage="pseudo-labelling", pool=len(pool_texts))
         pseudo = recipe.pseudo_labels(pool_texts, active_predict(pool_texts), self_training)
     sizes = {"train_size": real, "augmented": augmented, "pseudo_labelled": len(pseudo), "dev_size": len(dev_set)}
-    run.update(stage="training", base=base, **sizes, epoch=0, step=0)
+    run.update(stage="training", retraining=QUICK if quick else FULL, base=base, **sizes, epoch=0, step=0)
 
     def on_step(step: int, total: int, loss: float) -> None:
         run.update(step=step, total_steps=total, loss=round(loss, 5))
@@ -131,14 +165,17 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
         outcome.tagger, outcome.config, outcome.result, outcome.candidate, outcome.incumbent, outcome.promote, outcome.reason
     )
 
-    run.update(stage="stopping signal")
-    kappa = None
-    if active_predict and stop_texts:
-        kappa = stopping.cohen_kappa(stopping.word_tags(active_predict(stop_texts)), stopping.word_tags(tagger.predict(stop_texts)))
     labelled_tokens = sum(len(word_offsets(e.text)) for e in [*train_set[:real], *dev_set])
-    signal = stopping.stop_signal(
-        [*kappas, kappa], [*version_tokens, labelled_tokens], [*version_dev_f1, candidate.f1 if candidate else None]
-    )
+    signal = None
+    if not quick:
+        run.update(stage="stopping signal")
+        kappa = None
+        if incumbent and stop_texts:
+            before = predict_with(incumbent.signal_reference, stop_texts)
+            kappa = stopping.cohen_kappa(stopping.word_tags(before), stopping.word_tags(tagger.predict(stop_texts)))
+        signal = stopping.stop_signal(
+            [*kappas, kappa], [*version_tokens, labelled_tokens], [*version_dev_f1, candidate.f1 if candidate else None]
+        )
 
     run.update(stage="saving")
     checks = []
@@ -164,7 +201,8 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
         "pseudo_labelled": len(pseudo),
         "vocabulary_added": len(outcome.added_characters),  # characters new to the vocabulary (were [UNK])
         "self_training": asdict(self_training),
-        "stopping": {**signal.as_dict(), "stop_set_size": len(stop_texts), "advice": signal.advice},
+        "retraining": QUICK if quick else FULL,
+        **({"stopping": {**signal.as_dict(), "stop_set_size": len(stop_texts), "advice": signal.advice}} if signal else {}),
         "dev_size": len(dev_set),
         "dev": candidate.as_dict() if candidate else None,
         "compared_with": {"version": incumbent.name, "dev_f1": active_scores.f1 if active_scores else None} if incumbent else None,
@@ -201,7 +239,8 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
                 "decision": reason,
                 "dev_f1": version.dev_f1,
                 "active_dev_f1": active_scores.f1 if active_scores else None,
-                "stopping": signal.advice,  # "you can stop: kappa ..." or "keep going: ..."
+                "retraining": QUICK if quick else FULL,
+                "stopping": signal.advice if signal else None,  # "you can stop: kappa ..." or "keep going: ..."; None after a quick stage
             }
             run.finish(**summary)
             changed_meanwhile = labelled_state(session, project_id) != labelled_at_start
@@ -214,9 +253,11 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
         if promote:  # first, so annotators get the new pre-annotations before any follow-up trains
             # The review waits for the scoring's push: queued beside it, it ran before the scoring's
             # shards (queued later, by score_pool) and held the pre-annotations back by its whole run.
+            # A quick version's full stage waits for its push too (queued now, it would run before the
+            # shards score_pool queues on a one-process worker); its review would only be superseded.
             job_queue.request_follow_up(session, project_id, "score_pool", version_id=summary["version_id"], coalesce=False,
-                                        then_review=settings.review_after_training)
-        if changed_meanwhile:
-            job_queue.request_follow_up(session, project_id, "train")  # annotations arrived during the run: one follow-up
+                                        then_review=settings.review_after_training and not quick, then_train=quick)
+        if changed_meanwhile or (quick and not promote):  # annotations arrived during the run, or a kept-back quick stage
+            job_queue.request_follow_up(session, project_id, "train")
     return summary
 

@@ -6,9 +6,11 @@ stored results are upserts.
 
 - ``nerloop.train(project_id, job_id, config=None)`` (gpu): fine-tune on the labelled set, compare with
   the active version on the same dev set, save, register, promote when not worse, then queue
-  ``score_pool`` for a promoted version. ``config``: fields of ``active_learning.training.TrainConfig``.
-- ``nerloop.score_pool(project_id, version_id, job_id)`` (gpu): a chord of ``nerloop.score_shard``
-  over chunks of the pool, then ``nerloop.push_predictions`` (cpu) into Label Studio, which tries again
+  ``score_pool`` for a promoted version (after a quick stage, ``workers.retrain``, with ``then_train``:
+  the full stage follows the push). ``config``: fields of ``active_learning.training.TrainConfig``.
+- ``nerloop.score_pool(project_id, version_id, job_id, then_review=False, then_train=False)`` (gpu): a
+  chord of ``nerloop.score_shard`` over chunks of the pool, then ``nerloop.push_predictions`` (cpu) into
+  Label Studio, which queues the review or the training its flags ask for after the push and tries again
   every ``NERLOOP_JOB_WAIT_SECONDS`` while Label Studio is unreachable (the predictions wait stored),
   then sends ``nerloop.prune_predictions(project_id, version_id)`` (cpu): the superseded versions'
   predictions leave Label Studio after the job is done, not on the annotators' wait.
@@ -61,26 +63,29 @@ def train(run: JobRun, project_id: int, config: dict | None = None) -> dict:
 # Not exclusive: a redelivery after this process died before sending the chord fans out again (shards
 # store upserts, so work done twice does no harm; the first fan-out's members no longer own the job).
 @app.task(base=JobTask, exclusive=False)
-def score_pool(run: JobRun, project_id: int, version_id: int, then_review: bool = False) -> dict:
+def score_pool(run: JobRun, project_id: int, version_id: int, then_review: bool = False, then_train: bool = False) -> dict:
     """Score the pool in shards (a chord); its callback pushes the predictions, then, with
-    ``then_review``, queues a review job (after the pre-annotations: annotators wait on those)."""
+    ``then_review``, queues a review job, with ``then_train`` a training (the full stage after a quick
+    one): after the pre-annotations, which annotators wait on."""
     run.update(version_id=version_id)
     if not scoring.is_active(version_id):
         run.finish(stage="done", skipped=f"version {version_id} is no longer active")
+        _follow_ups(project_id, train=then_train)
         return {"job_id": run.job_id, "skipped": "superseded"}
     ids = scoring.pool_task_ids(project_id)
     shards = scoring.shards(ids, get_settings().score_shard_size)
     run.update(stage="scoring", tasks=len(ids), shards=len(shards))
     if not shards:
         run.finish(stage="done", scored=0, pushed=0)
-        _review_if(then_review, project_id)
+        _follow_ups(project_id, review=then_review, train=then_train)
         return {"job_id": run.job_id, "tasks": 0}
     # Written before any shard reports. ``scored`` is the shards' count: a field set here would be
     # written over it.
     run.flush()
     job = {"job_id": run.job_id, "token": run.token}
     header = [score_shard.s(project_id=project_id, version_id=version_id, task_ids=shard, **job) for shard in shards]
-    chord(header)(push_predictions.s(project_id=project_id, version_id=version_id, then_review=then_review, **job))
+    callback = push_predictions.s(project_id=project_id, version_id=version_id, then_review=then_review, then_train=then_train, **job)
+    chord(header)(callback)
     return {"job_id": run.job_id, "tasks": len(ids), "shards": len(shards)}
 
 
@@ -92,11 +97,14 @@ def score_shard(run: JobRun, project_id: int, version_id: int, task_ids: list[in
 
 
 @app.task(base=JobTask, claims=False)
-def push_predictions(run: JobRun, scored: list[int], project_id: int, version_id: int, then_review: bool = False) -> dict:
+def push_predictions(
+    run: JobRun, scored: list[int], project_id: int, version_id: int, then_review: bool = False, then_train: bool = False
+) -> dict:
     """The chord's callback (``scored``: its members' results): push the stored predictions to Label
     Studio and finish the job."""
     if not scoring.is_active(version_id):
         run.finish(stage="done", pushed=0, skipped=f"version {version_id} is no longer active")
+        _follow_ups(project_id, train=then_train)
         return {"job_id": run.job_id, "pushed": 0}
     run.update(stage="pushing")
     try:
@@ -110,7 +118,7 @@ def push_predictions(run: JobRun, scored: list[int], project_id: int, version_id
         enqueue("nerloop.prune_predictions", project_id=project_id, version_id=version_id)
     except Exception as error:  # the next push's prune removes these too
         log.warning("project %s: superseded predictions not pruned now (the broker did not take it: %s)", project_id, error)
-    _review_if(then_review, project_id)
+    _follow_ups(project_id, review=then_review, train=then_train)
     return {"job_id": run.job_id, "scored": sum(scored), "pushed": pushed}
 
 
@@ -120,10 +128,14 @@ def prune_predictions(project_id: int, version_id: int) -> dict:
     return {"removed": scoring.prune(project_id, version_id)}
 
 
-def _review_if(wanted: bool, project_id: int) -> None:
-    if wanted:
+def _follow_ups(project_id: int, review: bool = False, train: bool = False) -> None:
+    """What a push asked to queue after it: a superseded version's scoring still hands on the training."""
+    if review or train:
         with session_scope() as session:
-            request_follow_up(session, project_id, "review", after_promotion=True)
+            if review:
+                request_follow_up(session, project_id, "review", after_promotion=True)
+            if train:
+                request_follow_up(session, project_id, "train")
 
 
 @app.task(base=JobTask)  # one at a time per project: each dedupes against the stored ones

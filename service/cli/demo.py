@@ -224,6 +224,9 @@ def environment(home: Path, port: int, config: DemoConfig, label_studio: tuple[s
         # The demo measures the learning curve: a label review's k fold trainings after each promotion
         # would queue ahead of the next training on the one gpu worker (`nerloop review` runs one on demand).
         NERLOOP_REVIEW_AFTER_TRAINING="false",
+        # Its annotators wait for each training (``run_loop``), so a quick stage served first would buy
+        # them nothing and put two versions on the curve per round.
+        NERLOOP_QUICK_RETRAINING="false",
         PYTHONUNBUFFERED="1",
     )
     if label_studio:
