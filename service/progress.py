@@ -37,6 +37,8 @@ def _summary(job: Job) -> str:
     if "version" in progress:
         return _training_outcome(progress)
     parts = [progress.get("stage", job.status.value)]
+    if progress.get("retraining") == "quick":
+        parts[0] += " (quick stage)"
     if "epoch" in progress:
         parts.append(f"epoch {progress['epoch']}")
     if progress.get("total_steps"):
@@ -64,6 +66,8 @@ def _training_outcome(progress: dict) -> str:
     version, f1, active_f1 = progress["version"], progress.get("dev_f1"), progress.get("active_dev_f1")
     score = f", dev F1 {f1:.3f}" if f1 is not None else ", no dev set to score it on"
     stopping = f" · {progress['stopping']}" if progress.get("stopping") else ""
+    if progress.get("retraining") == "quick":
+        stopping = " · quick stage: the full training follows"
     if not progress.get("promoted"):
         return f"{version} kept as candidate: {progress.get('decision', '')}{stopping}"
     if active_f1 is None:  # a promotion without comparison happens only when nothing was active

@@ -50,6 +50,7 @@ from service.models import (
     TaskState,
     utcnow,
 )
+from service.progress import progress_view
 from service.settings import Settings, get_settings
 from support import NERLOOP, REPO, TINY_TRAIN, add_labelled_task, add_project, make_client, wait_until
 from tiny import LABELS, toy_corpus
@@ -334,6 +335,15 @@ def test_a_training_is_the_quick_stage_only_for_examples_new_to_every_version():
     # and its stopping signal compares with the version the quick one continued.
     assert not is_quick_stage(True, on, incumbent, 45, 45)
     assert Incumbent.of(quick).signal_reference == "/m/v1"
+
+    # What the CLI, the dashboard and the demo show of one (service.progress).
+    under_way = {"stage": "training", "retraining": "quick", "step": 3, "total_steps": 50}
+    running = Job(kind="train", status=JobStatus.running, progress=under_way)
+    assert progress_view(running).summary == "training (quick stage) · step 3/50"
+    done = {"version": "v2", "promoted": True, "dev_f1": 0.9, "active_dev_f1": 0.8, "retraining": "quick", "stopping": None}
+    assert progress_view(Job(kind="train", status=JobStatus.succeeded, progress=done)).summary == (
+        "v2 promoted, dev F1 0.900 (the active version had 0.800) · quick stage: the full training follows"
+    )
 
 
 def test_owner_liveness():
