@@ -18,6 +18,8 @@ to 54 minutes here.
 
     .venv/bin/python bench/al_conll2003.py --seeds 0,1,2                 # the full benchmark
     .venv/bin/python bench/al_conll2003.py --dataset weibo --seeds 0 --arms mnlp,random --rounds 3 --min-steps 425
+    .venv/bin/python bench/al_conll2003.py --seeds 1 --arms mnlp,random   # one seed on its own, on seed 0's pool and test
+                                          # samples (--sample-seed), so it merges with the others
     .venv/bin/python bench/al_conll2003.py --reduced                     # pool 1,000, test 300, 4 rounds
     .venv/bin/python bench/al_conll2003.py --merge runs/a/curve.json runs/b/curve.json --name NAME
                                           # arms or seeds run apart (two machines, an arm added later)
@@ -85,6 +87,8 @@ def main() -> None:
     parser.add_argument("--pool-size", type=int, default=None)
     parser.add_argument("--test-size", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--sample-seed", type=int, default=0,
+                        help="seed of the pool and test samples, whatever --seeds runs: seeds run apart share one pool and can be merged")
     parser.add_argument("--seed-share", type=float, default=None, help="seed set, share of pool tokens (default 0.02; reduced 0.05)")
     parser.add_argument("--batch-share", type=float, default=None, help="per round, share of pool tokens (default 0.04; reduced 0.05)")
     parser.add_argument("--epochs", type=int, default=5)
@@ -186,13 +190,12 @@ def run_simulation(args: argparse.Namespace, run_dir: Path) -> tuple[dict, list[
     data = (ROOT / dataset["data"]).resolve()
     if not data.is_dir():
         sys.exit(f"{args.dataset} not found at {data}")
-    seeds = [int(s) for s in args.seeds.split(",")]
 
     # The token budget is a share of this pool's tokens: the same sample nerloop simulate will draw.
     from active_learning.simulation import token_count
     from service.cli.corpus import load_pool_and_test
 
-    pool, _ = load_pool_and_test(data, None, chosen["pool_size"], chosen["test_size"], seeds[0])
+    pool, _ = load_pool_and_test(data, None, chosen["pool_size"], chosen["test_size"], args.sample_seed)
     pool_tokens = sum(token_count(e) for e in pool)
     seed_size = round(chosen["seed_share"] * pool_tokens)
     batch = round(chosen["batch_share"] * pool_tokens)
@@ -200,7 +203,7 @@ def run_simulation(args: argparse.Namespace, run_dir: Path) -> tuple[dict, list[
         "nerloop", "simulate",
         "--data", dataset["data"],
         "--pool-size", str(chosen["pool_size"]), "--test-size", str(chosen["test_size"]),
-        "--strategies", args.arms, "--seeds", args.seeds,
+        "--strategies", args.arms, "--seeds", args.seeds, "--sample-seed", str(args.sample_seed),
         "--unit", "tokens", "--seed-size", str(seed_size), "--batch", str(batch), "--rounds", str(chosen["rounds"]),
         "--epochs", str(args.epochs), "--min-steps", str(args.min_steps),
         "--warm-start-scaling", str(args.warm_start_scaling),

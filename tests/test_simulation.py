@@ -177,6 +177,30 @@ def test_cli_simulate_writes_curve_and_plot(tiny_encoder, tmp_path):
 
 
 @pytest.mark.slow
+def test_seeds_run_apart_share_the_pool_of_one_sample_seed_and_merge(tiny_encoder, tmp_path):
+    data = tmp_path / "toy.jsonl"
+    write_jsonl(toy_corpus(120, seed=4), data)
+
+    def run(seed: int, *sample: str) -> dict:
+        out = tmp_path / f"seed{seed}{''.join(sample)}"
+        result = subprocess.run(
+            [*NERLOOP, "simulate", "--data", str(data), "--base-model", str(tiny_encoder), "--strategies", "random",
+             "--pool-size", "60", "--test-size", "10", "--seeds", str(seed), *sample, "--seed-size", "10", "--rounds", "0",
+             "--epochs", "1", "--min-steps", "0", "--no-full-pool", "--out", str(out)],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return json.loads((out / "curve.json").read_text())
+
+    first, second, own = run(0), run(1, "--sample-seed", "0"), run(1)
+    assert second["pool"] == first["pool"] and second["test"] == first["test"] and second["stop_set"] == first["stop_set"]
+    assert sorted(merge_documents([first, second])["config"]["seeds"]) == [0, 1]
+    assert own["pool"] != first["pool"]  # by default the sample follows the first of --seeds
+    with pytest.raises(ValueError, match="pool"):
+        merge_documents([first, own])
+
+
+@pytest.mark.slow
 def test_cli_simulate_stopped_half_way_keeps_what_it_measured(tiny_encoder, tmp_path):
     data = tmp_path / "toy.jsonl"
     write_jsonl(toy_corpus(100, seed=4), data)

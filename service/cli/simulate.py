@@ -36,6 +36,9 @@ def simulate(
     seeds: str = typer.Option("0", help="Comma-separated random seeds; curves are averaged over them"),
     pool_size: int = typer.Option(0, help="Sample this many pool sentences (0: all)"),
     test_size: int = typer.Option(0, help="Sample this many test sentences (0: all)"),
+    sample_seed: int | None = typer.Option(
+        None, help="Seed of the pool and test samples (default: the first of --seeds); runs of other seeds to be merged need the same"
+    ),
     base_model: str | None = typer.Option(None, help="Hugging Face model directory or id; default: all-MiniLM-L6-v2 (offline)"),
     # TrainConfig's defaults, written out (see common.py); test_simulation checks they agree
     epochs: Epochs = 10,
@@ -87,7 +90,9 @@ def simulate(
         )
     except ValueError as error:
         fail(str(error))
-    pool, test_set = load_pool_and_test(data, test, pool_size, test_size, seed_list[0] if seed_list else 0)
+    if sample_seed is None:
+        sample_seed = seed_list[0] if seed_list else 0
+    pool, test_set = load_pool_and_test(data, test, pool_size, test_size, sample_seed)
     labels = labels_of(pool, test_set)
     console.print(
         f"pool [bold]{len(pool)}[/bold] sentences · test [bold]{len(test_set)}[/bold] · labels {', '.join(labels)} · "
