@@ -322,7 +322,8 @@ def test_promotion_rule():
 
 def test_a_training_is_the_quick_stage_only_for_examples_new_to_every_version():
     full = ModelVersion(project_id=1, name="v1", path="/m/v1", train_size=40, metrics={"base": "/base", "augmented": 10})
-    quick = ModelVersion(project_id=1, name="v2", path="/m/v2", train_size=45, metrics={"base": "/m/v1", "retraining": "quick"})
+    last_full = {"path": "/m/v1", "trained_on": 50}
+    quick = ModelVersion(project_id=1, name="v2", path="/m/v2", train_size=55, metrics={"retraining": "quick", "last_full": last_full})
     on, scaled = TrainConfig(), TrainConfig(warm_start_scaling=1.0)
     incumbent = Incumbent.of(full)
     assert (incumbent.trained_on, incumbent.signal_reference) == (50, "/m/v1")  # augmented examples count
@@ -331,10 +332,11 @@ def test_a_training_is_the_quick_stage_only_for_examples_new_to_every_version():
     assert not is_quick_stage(True, on, None, None, 50)  # a fresh start has nothing to continue quickly
     assert not is_quick_stage(False, on, incumbent, 50, 51)  # NERLOOP_QUICK_RETRAINING=false
     assert not is_quick_stage(True, scaled, incumbent, 50, 51)  # the recipe is one pass already
-    # After a quick v2 on 45 (kept back or not), the training that follows on the same 45 is the full stage,
-    # and its stopping signal compares with the version the quick one continued.
-    assert not is_quick_stage(True, on, incumbent, 45, 45)
-    assert Incumbent.of(quick).signal_reference == "/m/v1"
+    # After a quick v2 on 55 (kept back or not), the training that follows on the same 55 is the full stage;
+    # it is sized against v1's 50 (a scaled warm start is not cut to nothing by the quick stage's pass)
+    # and its stopping signal compares with v1.
+    assert not is_quick_stage(True, on, Incumbent.of(quick), 55, 55)
+    assert (Incumbent.of(quick).trained_on, Incumbent.of(quick).signal_reference, Incumbent.of(quick).path) == (50, "/m/v1", "/m/v2")
 
     # What the CLI, the dashboard and the demo show of one (service.progress).
     under_way = {"stage": "training", "retraining": "quick", "step": 3, "total_steps": 50}
@@ -752,6 +754,7 @@ def test_embedded_sqlite_broker_cli_train_and_follow_up(tmp_path, tiny_encoder, 
         v1, quick, settled = versions(deployment, project_id)
         assert quick.metrics["base"] == v1.path and quick.metrics["config"]["warm_start_scaling"] == 1.0
         assert quick.metrics["config"]["epochs"] < 150 and "stopping" not in quick.metrics  # one pass over what changed, scaled
+        assert quick.metrics["last_full"] == {"path": v1.path, "trained_on": v1.train_size}
         assert settled.metrics["base"] == quick.path and settled.train_size == quick.train_size
         assert (settled.metrics["config"]["epochs"], settled.metrics["config"]["warm_start_scaling"]) == (150, 0.0)
         assert settled.metrics["stopping"]["kappa"] is not None  # against v1: a quick version never counts as a step

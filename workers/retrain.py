@@ -57,12 +57,16 @@ class Incumbent:
     name: str
     path: str
     trained_on: int  # training examples, gold and augmented, as ``training_examples`` counts them
-    signal_reference: str  # the version the stopping signal compares with: this one or, for a quick one, the one it continued
+    signal_reference: str  # the version the stopping signal compares with
 
     @classmethod
     def of(cls, version: ModelVersion) -> Incumbent:
-        quick = version.metrics.get("retraining") == QUICK
-        return cls(version.id, version.name, version.path, trained_on(version), version.metrics["base"] if quick else version.path)
+        """A quick version stands in for the last full one (``metrics["last_full"]``): the next
+        training is sized against what that one trained on, and its stopping signal compared with it."""
+        last_full = version.metrics.get("last_full") if version.metrics.get("retraining") == QUICK else None
+        if last_full:
+            return cls(version.id, version.name, version.path, last_full["trained_on"], last_full["path"])
+        return cls(version.id, version.name, version.path, trained_on(version), version.path)
 
 
 QUICK, FULL = "quick", "full"  # a version's ``metrics["retraining"]``
@@ -202,6 +206,7 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
         "vocabulary_added": len(outcome.added_characters),  # characters new to the vocabulary (were [UNK])
         "self_training": asdict(self_training),
         "retraining": QUICK if quick else FULL,
+        **({"last_full": {"path": incumbent.signal_reference, "trained_on": incumbent.trained_on}} if quick else {}),
         **({"stopping": {**signal.as_dict(), "stop_set_size": len(stop_texts), "advice": signal.advice}} if signal else {}),
         "dev_size": len(dev_set),
         "dev": candidate.as_dict() if candidate else None,
