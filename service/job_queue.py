@@ -116,14 +116,39 @@ def _without_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def in_flight(session: Session, project_id: int, kinds: tuple[str, ...]) -> bool:
+    """Whether a job of one of these kinds is queued or running for the project."""
+    statuses = (JobStatus.queued, JobStatus.running)
+    waiting = select(Job.id).where(Job.project_id == project_id, Job.kind.in_(kinds), Job.status.in_(statuses))
+    return session.exec(waiting).first() is not None
+
+
+def request_full_stage(session: Session, project_id: int, version_id: int) -> None:
+    """After a quick version's push (``workers.retrain``): the training that runs the configured recipe,
+    unless it is moot: a newer version brings its own (a quick one asks after its push; a full one
+    trained on at least as much), and so does a training queued or under way."""
+    newest = session.exec(select(ModelVersion.id).where(ModelVersion.project_id == project_id).order_by(ModelVersion.id.desc())).first()
+    if newest == version_id and not in_flight(session, project_id, ("train",)):
+        request_follow_up(session, project_id, "train")
+
+
 def retrain_if_due(session: Session, project: Project, settings: Settings | None = None) -> Job | None:
     """Queue a training once ``project.retrain_every`` tasks were labelled since the newest model
-    version was trained (coalesced: while one is queued, no second is added)."""
+    version was trained (coalesced: while one is queued, no second is added), or when the newest is a
+    quick version whose full stage is nowhere: its push failed (Label Studio refused it), so nothing
+    of the project's queued or running will ask for it."""
     labelled = session.exec(
         select(func.count()).select_from(Task).where(Task.project_id == project.id, Task.state == TaskState.labelled, Task.is_dev == False)  # noqa: E712
     ).one()
     newest = session.exec(select(ModelVersion).where(ModelVersion.project_id == project.id).order_by(ModelVersion.id.desc())).first()
-    if labelled - (newest.train_size if newest else 0) < project.retrain_every:
+    trainings = select(Job.status).where(Job.project_id == project.id, Job.kind == "train")
+    last_training = session.exec(trainings.order_by(Job.id.desc())).first()
+    full_stage_lost = (
+        newest is not None and newest.metrics.get("retraining") == "quick"
+        and last_training != JobStatus.failed  # a failed full stage is not retried by itself, like any training
+        and not in_flight(session, project.id, ("train", "score_pool"))
+    )
+    if labelled - (newest.train_size if newest else 0) < project.retrain_every and not full_stage_lost:
         return None
     return request(session, project.id, "train", settings=settings)
 

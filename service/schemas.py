@@ -313,6 +313,10 @@ class TaskCounts(BaseModel):
 class ReportModel(ModelVersionSummary):
     """A model version as the project report lists it."""
 
+    retraining: Literal["quick", "full"] | None = Field(
+        None, description="quick: the one-pass stage served while the full training follows; None for versions from before it was recorded"
+    )
+
 
 class StoppingSignal(BaseModel):
     """Whether more labels still pay, after the newest trained version (``active_learning.stopping``):

@@ -159,6 +159,8 @@ def test_dashboard_json(api):
 
     v1, v2, v3 = data["model_versions"]
     assert (v1["retraining"], v3["retraining"]) == (None, "quick")  # v1: stored before it was recorded
+    report = httpx.get(f"{base}/api/v1/projects/{project_id}/report", headers=AUTH).json()
+    assert [(v["name"], v["retraining"]) for v in report["model_versions"]] == [("v1", None), ("v2", None), ("v3", "quick")]
     assert (v1["name"], v1["active"], v1["status"]) == ("v1", False, "retired")
     assert (v2["name"], v2["active"], v2["status"]) == ("v2", True, "active")
     assert v2["dev_size"] == 1 and v2["decision"].startswith("dev F1 0.8000")

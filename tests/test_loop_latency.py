@@ -41,11 +41,18 @@ def test_the_loop_latency_benchmark_runs_at_tiny_sizes(label_studio, tiny_encode
     assert document["largest_part"] in parts and document["scoring_progress"]["scored"] == 40
     assert document["training_progress"]["stage"] == "done"
     # The timed training is the quick stage; the full stage, the configured recipe, follows its push.
-    assert document["quick_retraining"] and document["training_progress"]["retraining"] == "quick"
-    full = document["full_stage"]
-    assert full["retraining"] == "full" and full["version"] not in (document["first_version"], document["new_version"])
-    assert full["seconds_until_trained"] > document["seconds_total"]
-    assert full["seconds_until_served"] is None if not full["promoted"] else full["seconds_until_served"] >= full["seconds_until_trained"]
+    # At these sizes the rule may keep the quick stage back: then the loop is timed to the full stage.
+    assert document["quick_retraining"]
+    if document["kept_back_quick_stage"]:
+        assert document["kept_back_quick_stage"]["retraining"] == "quick" and not document["kept_back_quick_stage"]["promoted"]
+        assert document["training_progress"]["retraining"] == "full" and document["full_stage"] is None
+    else:
+        assert document["training_progress"]["retraining"] == "quick"
+        full = document["full_stage"]
+        assert full["retraining"] == "full" and full["version"] not in (document["first_version"], document["new_version"])
+        assert full["seconds_until_trained"] > document["seconds_total"]
+        served = full["seconds_until_served"]
+        assert served is None if not full["promoted"] else served >= full["seconds_until_trained"]
     assert document["promoted"] == "by the rule" or document["promoted"].startswith("by hand (dev F1")
     assert document["label_studio_database"] == "postgresql"
     with psycopg.connect(server) as connection:  # the benchmark dropped the database it made

@@ -55,7 +55,7 @@ from service.settings import Settings, get_settings
 from support import NERLOOP, REPO, TINY_TRAIN, add_labelled_task, add_project, make_client, wait_until
 from tiny import LABELS, toy_corpus
 from workers import celery_app, lifecycle, store
-from workers.retrain import Incumbent, is_quick_stage
+from workers.retrain import MAX_QUICK_IN_A_ROW, Incumbent, is_quick_stage
 
 # kombu's SQLAlchemy transport (the embedded broker) uses a loader option SQLAlchemy 2.1 deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
@@ -327,16 +327,20 @@ def test_a_training_is_the_quick_stage_only_for_examples_new_to_every_version():
     on, scaled = TrainConfig(), TrainConfig(warm_start_scaling=1.0)
     incumbent = Incumbent.of(full)
     assert (incumbent.trained_on, incumbent.signal_reference) == (50, "/m/v1")  # augmented examples count
-    assert is_quick_stage(True, on, incumbent, 50, 51)  # one example new to every version
-    assert not is_quick_stage(True, on, incumbent, 50, 50)  # nothing new (a relabel, `nerloop train`): the full stage
-    assert not is_quick_stage(True, on, None, None, 50)  # a fresh start has nothing to continue quickly
-    assert not is_quick_stage(False, on, incumbent, 50, 51)  # NERLOOP_QUICK_RETRAINING=false
-    assert not is_quick_stage(True, scaled, incumbent, 50, 51)  # the recipe is one pass already
+    assert is_quick_stage(True, on, incumbent, [(50, None)], 51)  # one example new to every version
+    assert not is_quick_stage(True, on, incumbent, [(50, None)], 50)  # nothing new (a relabel, `nerloop train`): the full stage
+    assert not is_quick_stage(True, on, None, [], 50)  # a fresh start has nothing to continue quickly
+    assert not is_quick_stage(False, on, incumbent, [(50, None)], 51)  # NERLOOP_QUICK_RETRAINING=false
+    assert not is_quick_stage(True, scaled, incumbent, [(50, None)], 51)  # the recipe is one pass already
     # After a quick v2 on 55 (kept back or not), the training that follows on the same 55 is the full stage;
     # it is sized against v1's 50 (a scaled warm start is not cut to nothing by the quick stage's pass)
     # and its stopping signal compares with v1.
-    assert not is_quick_stage(True, on, Incumbent.of(quick), 55, 55)
+    assert not is_quick_stage(True, on, Incumbent.of(quick), [(55, "quick"), (50, "full")], 55)
     assert (Incumbent.of(quick).trained_on, Incumbent.of(quick).signal_reference, Incumbent.of(quick).path) == (50, "/m/v1", "/m/v2")
+    # Annotators faster than the quick stages: after MAX_QUICK_IN_A_ROW of them, a full one, new examples or not.
+    chain = [(55 - i, "quick") for i in range(MAX_QUICK_IN_A_ROW - 1)]
+    assert is_quick_stage(True, on, Incumbent.of(quick), chain, 60)
+    assert not is_quick_stage(True, on, Incumbent.of(quick), [(56, "quick"), *chain], 60)
 
     # What the CLI, the dashboard and the demo show of one (service.progress).
     under_way = {"stage": "training", "retraining": "quick", "step": 3, "total_steps": 50}
@@ -346,6 +350,58 @@ def test_a_training_is_the_quick_stage_only_for_examples_new_to_every_version():
     assert progress_view(Job(kind="train", status=JobStatus.succeeded, progress=done)).summary == (
         "v2 promoted, dev F1 0.900 (the active version had 0.800) · quick stage: the full training follows"
     )
+
+
+def test_a_quick_versions_full_stage_is_asked_for_once_and_found_again_when_lost(tmp_path, use_env):
+    home = tmp_path / "home"
+    deployment = make_deployment(tmp_path, tmp_path, f"sqla+sqlite:///{home / 'broker.db'}", f"db+sqlite:///{home / 'results.db'}",
+                                 "http://127.0.0.1:9")
+    use_env(deployment)
+    project_id = new_project(deployment, labelled=12, pool=0)
+
+    def add(**fields) -> int:
+        with deployment.session() as session:
+            row = Job(project_id=project_id, celery_id=str(uuid.uuid4()), **fields) if "kind" in fields else ModelVersion(
+                project_id=project_id, status=ModelStatus.active, train_size=9, **fields)
+            session.add(row)
+            session.commit()
+            return row.id
+
+    def trainings() -> list[Job]:
+        with deployment.session() as session:
+            return session.exec(select(Job).where(Job.project_id == project_id, Job.kind == "train").order_by(Job.id)).all()
+
+    full = add(name="v1", path="/m/v1", metrics={"retraining": "full"})
+    quick = add(name="v2", path="/m/v2", metrics={"retraining": "quick", "last_full": {"path": "/m/v1", "trained_on": 8}})
+    with deployment.session() as session:
+        job_queue.request_full_stage(session, project_id, full)  # v1 is not the newest: v2 brings its own
+        assert trainings() == []
+        job_queue.request_full_stage(session, project_id, quick)
+        job_queue.request_full_stage(session, project_id, quick)  # a second push (a redelivery): queued already
+    [asked] = trainings()
+    assert asked.status == JobStatus.queued
+
+    def due() -> int | None:
+        with deployment.session() as session:
+            job = job_queue.retrain_if_due(session, session.get(Project, project_id))
+            return job.id if job else None
+
+    def finish(job_id: int, status: JobStatus) -> None:
+        with deployment.session() as session:
+            session.get(Job, job_id).status = status
+            session.commit()
+
+    assert due() is None  # fewer than retrain_every new labels, and the full stage is queued
+    # The other story: that job stands for the quick stage itself, and its push then fails (Label
+    # Studio refused it), so nothing asks for the full stage.
+    finish(asked.id, JobStatus.succeeded)
+    scoring = add(kind="score_pool", arguments={"version_id": quick})
+    assert due() is None  # the quick version's scoring is still under way: its push will ask
+    finish(scoring, JobStatus.failed)
+    found = due()  # the beat's sweep (or the next annotation) finds the lost full stage
+    assert found is not None and [j.id for j in trainings()] == [asked.id, found]
+    finish(found, JobStatus.failed)
+    assert due() is None  # a failed training is not retried by itself
 
 
 def test_owner_liveness():

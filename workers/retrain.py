@@ -70,6 +70,9 @@ class Incumbent:
 
 
 QUICK, FULL = "quick", "full"  # a version's ``metrics["retraining"]``
+# Annotators faster than a quick stage's scoring and push would otherwise never get a full training:
+# the one after this many quick versions in a row is full, new examples or not.
+MAX_QUICK_IN_A_ROW = 3
 
 
 def trained_on(version: ModelVersion) -> int:
@@ -77,12 +80,17 @@ def trained_on(version: ModelVersion) -> int:
     return version.train_size + version.metrics.get("augmented", 0)
 
 
-def is_quick_stage(enabled: bool, config: TrainConfig, incumbent: Incumbent | None, newest_trained_on: int | None, examples: int) -> bool:
+def is_quick_stage(
+    enabled: bool, config: TrainConfig, incumbent: Incumbent | None, recent: list[tuple[int, str | None]], examples: int
+) -> bool:
     """Whether this training is the quick stage: quick retraining is ``enabled``, it continues an active
     version, some of its ``examples`` are new to every version so far (counted as ``sized_for`` counts:
-    the newest version trained on fewer), and the configured recipe is not a one-pass warm start already."""
+    the newest version trained on fewer), fewer than ``MAX_QUICK_IN_A_ROW`` quick versions came last, and
+    the configured recipe is not a one-pass warm start already. ``recent``: (examples trained on,
+    ``metrics["retraining"]``) of the project's newest versions, newest first."""
+    quick_in_a_row = next((i for i, (_, kind) in enumerate(recent) if kind != QUICK), len(recent))
     return (
-        enabled and incumbent is not None and newest_trained_on is not None and newest_trained_on < examples
+        enabled and incumbent is not None and bool(recent) and recent[0][0] < examples and quick_in_a_row < MAX_QUICK_IN_A_ROW
         and config.warm_start_scaling < 1
     )
 
@@ -137,15 +145,15 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
         kappas, version_tokens, version_dev_f1 = stop_history(session, project_id)
         active = active_version(session, project_id)
         incumbent = Incumbent.of(active) if active else None
-        newest = session.exec(select(ModelVersion).where(ModelVersion.project_id == project_id).order_by(ModelVersion.id.desc())).first()
-        newest_trained_on = trained_on(newest) if newest else None
+        newest = select(ModelVersion).where(ModelVersion.project_id == project_id).order_by(ModelVersion.id.desc())
+        recent = [(trained_on(v), v.metrics.get("retraining")) for v in session.exec(newest.limit(MAX_QUICK_IN_A_ROW))]
         labelled_at_start = labelled_state(session, project_id)
         registered = session.exec(select(ModelVersion.path).where(ModelVersion.project_id == project_id)).all()
     store.remove_leftovers(directory, keep=registered)
     if not real:
         raise ValueError(f"project {project_id} has no labelled training examples yet ({len(dev_set)} in the dev set)")
 
-    quick = is_quick_stage(settings.quick_retraining, config, incumbent, newest_trained_on, len(train_set))
+    quick = is_quick_stage(settings.quick_retraining, config, incumbent, recent, len(train_set))
     if quick:
         config = replace(config, warm_start_scaling=1.0)
     base = start_from(incumbent.path if incumbent else None, settings.base_model or default_base_model())

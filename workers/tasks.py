@@ -38,7 +38,7 @@ from sqlmodel import select
 from active_learning.label_quality import DEFAULT_FOLDS
 from service import sync as annotation_sync
 from service.db import session_scope
-from service.job_queue import after_annotations_changed, request_follow_up
+from service.job_queue import after_annotations_changed, request_follow_up, request_full_stage
 from service.label_studio import LabelStudioError, client_from_settings
 from service.models import Project
 from service.operations import projects
@@ -70,14 +70,14 @@ def score_pool(run: JobRun, project_id: int, version_id: int, then_review: bool 
     run.update(version_id=version_id)
     if not scoring.is_active(version_id):
         run.finish(stage="done", skipped=f"version {version_id} is no longer active")
-        _follow_ups(project_id, train=then_train)
+        _follow_ups(project_id, version_id, train=then_train)
         return {"job_id": run.job_id, "skipped": "superseded"}
     ids = scoring.pool_task_ids(project_id)
     shards = scoring.shards(ids, get_settings().score_shard_size)
     run.update(stage="scoring", tasks=len(ids), shards=len(shards))
     if not shards:
         run.finish(stage="done", scored=0, pushed=0)
-        _follow_ups(project_id, review=then_review, train=then_train)
+        _follow_ups(project_id, version_id, review=then_review, train=then_train)
         return {"job_id": run.job_id, "tasks": 0}
     # Written before any shard reports. ``scored`` is the shards' count: a field set here would be
     # written over it.
@@ -104,7 +104,7 @@ def push_predictions(
     Studio and finish the job."""
     if not scoring.is_active(version_id):
         run.finish(stage="done", pushed=0, skipped=f"version {version_id} is no longer active")
-        _follow_ups(project_id, train=then_train)
+        _follow_ups(project_id, version_id, train=then_train)
         return {"job_id": run.job_id, "pushed": 0}
     run.update(stage="pushing")
     try:
@@ -118,7 +118,7 @@ def push_predictions(
         enqueue("nerloop.prune_predictions", project_id=project_id, version_id=version_id)
     except Exception as error:  # the next push's prune removes these too
         log.warning("project %s: superseded predictions not pruned now (the broker did not take it: %s)", project_id, error)
-    _follow_ups(project_id, review=then_review, train=then_train)
+    _follow_ups(project_id, version_id, review=then_review, train=then_train)
     return {"job_id": run.job_id, "scored": sum(scored), "pushed": pushed}
 
 
@@ -128,14 +128,15 @@ def prune_predictions(project_id: int, version_id: int) -> dict:
     return {"removed": scoring.prune(project_id, version_id)}
 
 
-def _follow_ups(project_id: int, review: bool = False, train: bool = False) -> None:
-    """What a push asked to queue after it: a superseded version's scoring still hands on the training."""
+def _follow_ups(project_id: int, version_id: int, review: bool = False, train: bool = False) -> None:
+    """What a push asked to queue after it: a review, or a quick version's full stage (asked for even
+    when the version was superseded before its push: ``request_full_stage`` knows when it is moot)."""
     if review or train:
         with session_scope() as session:
             if review:
                 request_follow_up(session, project_id, "review", after_promotion=True)
             if train:
-                request_follow_up(session, project_id, "train")
+                request_full_stage(session, project_id, version_id)
 
 
 @app.task(base=JobTask)  # one at a time per project: each dedupes against the stored ones
