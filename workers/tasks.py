@@ -114,8 +114,12 @@ def push_predictions(
             raise  # refused (a wrong key, a deleted project): trying again would not help
         raise RetryLater(f"Label Studio is unavailable ({error})") from error  # the scored predictions wait in the database
     run.finish(stage="done", scored=sum(scored), pushed=pushed)
+    # A quick version's push prunes nothing: its full stage's push follows at once, and Label Studio,
+    # deleting 10,000 predictions for minutes, held that push back (timeouts, deadlocks on a 2-core
+    # machine); the full stage's prune removes both superseded versions, off the loop's path.
     try:
-        enqueue("nerloop.prune_predictions", project_id=project_id, version_id=version_id)
+        if not then_train:
+            enqueue("nerloop.prune_predictions", project_id=project_id, version_id=version_id)
     except Exception as error:  # the next push's prune removes these too
         log.warning("project %s: superseded predictions not pruned now (the broker did not take it: %s)", project_id, error)
     _follow_ups(project_id, version_id, review=then_review, train=then_train)
