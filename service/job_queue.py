@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 
 from workers.celery_app import enqueue, job_task
 
-from .models import Job, JobStatus, ModelVersion, Project, Task, TaskState, utcnow
+from .models import Job, JobStatus, ModelVersion, Project, Retraining, Task, TaskState, utcnow
 from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -141,16 +141,17 @@ def retrain_if_due(session: Session, project: Project, settings: Settings | None
         select(func.count()).select_from(Task).where(Task.project_id == project.id, Task.state == TaskState.labelled, Task.is_dev == False)  # noqa: E712
     ).one()
     newest = session.exec(select(ModelVersion).where(ModelVersion.project_id == project.id).order_by(ModelVersion.id.desc())).first()
-    trainings = select(Job.status).where(Job.project_id == project.id, Job.kind == "train")
-    last_training = session.exec(trainings.order_by(Job.id.desc())).first()
-    full_stage_lost = (
-        newest is not None and newest.metrics.get("retraining") == "quick"
-        and last_training != JobStatus.failed  # a failed full stage is not retried by itself, like any training
-        and not in_flight(session, project.id, ("train", "score_pool"))
-    )
-    if labelled - (newest.train_size if newest else 0) < project.retrain_every and not full_stage_lost:
-        return None
-    return request(session, project.id, "train", settings=settings)
+    if labelled - (newest.train_size if newest else 0) >= project.retrain_every or _full_stage_lost(session, project.id, newest):
+        return request(session, project.id, "train", settings=settings)
+    return None
+
+
+def _full_stage_lost(session: Session, project_id: int, newest: ModelVersion | None) -> bool:
+    """The newest version is a quick one and nothing queued or running will ask for its full stage."""
+    if newest is None or newest.retraining != Retraining.quick or in_flight(session, project_id, ("train", "score_pool")):
+        return False
+    trainings = select(Job.status).where(Job.project_id == project_id, Job.kind == "train").order_by(Job.id.desc())
+    return session.exec(trainings).first() != JobStatus.failed  # a failed full stage is not retried by itself, like any training
 
 
 def after_annotations_changed(session: Session, project: Project, settings: Settings | None = None) -> Job | None:

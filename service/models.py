@@ -28,6 +28,13 @@ class ModelStatus(str, Enum):
     retired = "retired"
 
 
+class Retraining(str, Enum):
+    """Which stage of a retraining made a version (``metrics["retraining"]``, ``workers.retrain``)."""
+
+    quick = "quick"  # the warm start sized to what changed, served while the full stage follows
+    full = "full"  # the configured recipe: the version the loop settles on
+
+
 class JobStatus(str, Enum):
     queued = "queued"
     running = "running"
@@ -111,6 +118,12 @@ class ModelVersionBase(ModelVersionSummary):
 class ModelVersion(ModelVersionBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
     project_id: int = Field(foreign_key="project.id", index=True)
+
+    @property
+    def retraining(self) -> Retraining | None:
+        """None for versions trained before the stage was recorded."""
+        stage = self.metrics.get("retraining")
+        return Retraining(stage) if stage else None
 
 
 class Prediction(SQLModel, table=True):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .models import Job, JobStatus
+from .models import Job, JobStatus, Retraining
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def _summary(job: Job) -> str:
     if "version" in progress:
         return _training_outcome(progress)
     parts = [progress.get("stage", job.status.value)]
-    if progress.get("retraining") == "quick":
+    if progress.get("retraining") == Retraining.quick:
         parts[0] += " (quick stage)"
     if "epoch" in progress:
         parts.append(f"epoch {progress['epoch']}")
@@ -66,7 +66,7 @@ def _training_outcome(progress: dict) -> str:
     version, f1, active_f1 = progress["version"], progress.get("dev_f1"), progress.get("active_dev_f1")
     score = f", dev F1 {f1:.3f}" if f1 is not None else ", no dev set to score it on"
     stopping = f" · {progress['stopping']}" if progress.get("stopping") else ""
-    if progress.get("retraining") == "quick":
+    if progress.get("retraining") == Retraining.quick:
         stopping = " · quick stage: the full training follows"
     if not progress.get("promoted"):
         return f"{version} kept as candidate: {progress.get('decision', '')}{stopping}"

@@ -19,8 +19,23 @@ from active_learning.spans import SpanError, storable_string, validate_meta
 from active_learning.strategies import STRATEGIES
 from augment import AUGMENTERS
 
-from .models import AnnotationBase, JobBase, JobStatus, ModelStatus, ModelVersionBase, ModelVersionSummary, ProjectBase, SuspectStatus
+from .models import (
+    AnnotationBase,
+    JobBase,
+    JobStatus,
+    ModelStatus,
+    ModelVersionBase,
+    ModelVersionSummary,
+    ProjectBase,
+    Retraining,
+    SuspectStatus,
+)
 
+# How the report and the dashboard describe ``ModelVersion.retraining``.
+RETRAINING_FIELD = (
+    "quick: the one-pass stage served while the full training follows (NERLOOP_QUICK_RETRAINING); "
+    "None for versions trained before it was recorded"
+)
 MAX_ID = 2**63 - 1  # the database's integer range; larger ids could never exist
 MAX_TEXT = 100_000  # characters per text
 # What one request may ask for: each is validated and stored (or predicted) within a few seconds.
@@ -313,9 +328,7 @@ class TaskCounts(BaseModel):
 class ReportModel(ModelVersionSummary):
     """A model version as the project report lists it."""
 
-    retraining: Literal["quick", "full"] | None = Field(
-        None, description="quick: the one-pass stage served while the full training follows; None for versions from before it was recorded"
-    )
+    retraining: Retraining | None = Field(None, description=RETRAINING_FIELD)
 
 
 class StoppingSignal(BaseModel):
@@ -372,10 +385,7 @@ class VersionSummary(BaseModel):
     dev_f1: float | None
     per_type: dict[str, TypeScores] = Field(description="Dev precision, recall, F1 and support per entity type")
     decision: str | None = Field(description="Why the training promoted it or not")
-    retraining: Literal["quick", "full"] | None = Field(
-        description="quick: the one-pass stage served while the full training follows (``NERLOOP_QUICK_RETRAINING``); "
-        "None for versions trained before it was recorded"
-    )
+    retraining: Retraining | None = Field(description=RETRAINING_FIELD)
     serving: str | None = Field(description="Its forward pass: ONNX Runtime int8 if its dev-set check passed, else PyTorch; and why")
     vocabulary_added: int | None = Field(
         description="Characters of its training texts that were [UNK] to its base's vocabulary and got tokens of their own; "

@@ -34,7 +34,7 @@ from active_learning.training import EpochLog, TrainConfig
 from service import job_queue
 from service.augmented_examples import training_examples
 from service.db import session_scope
-from service.models import Annotation, ModelStatus, ModelVersion, Project, Task, TaskState
+from service.models import Annotation, ModelStatus, ModelVersion, Project, Retraining, Task, TaskState
 from service.operations import projects
 from service.predictor import predict_with
 from service.settings import get_settings
@@ -63,13 +63,12 @@ class Incumbent:
     def of(cls, version: ModelVersion) -> Incumbent:
         """A quick version stands in for the last full one (``metrics["last_full"]``): the next
         training is sized against what that one trained on, and its stopping signal compared with it."""
-        last_full = version.metrics.get("last_full") if version.metrics.get("retraining") == QUICK else None
+        last_full = version.metrics.get("last_full") if version.retraining == Retraining.quick else None
         if last_full:
             return cls(version.id, version.name, version.path, last_full["trained_on"], last_full["path"])
         return cls(version.id, version.name, version.path, trained_on(version), version.path)
 
 
-QUICK, FULL = "quick", "full"  # a version's ``metrics["retraining"]``
 # Annotators faster than a quick stage's scoring and push would otherwise never get a full training:
 # the one after this many quick versions in a row is full, new examples or not.
 MAX_QUICK_IN_A_ROW = 3
@@ -81,14 +80,14 @@ def trained_on(version: ModelVersion) -> int:
 
 
 def is_quick_stage(
-    enabled: bool, config: TrainConfig, incumbent: Incumbent | None, recent: list[tuple[int, str | None]], examples: int
+    enabled: bool, config: TrainConfig, incumbent: Incumbent | None, recent: list[tuple[int, Retraining | None]], examples: int
 ) -> bool:
     """Whether this training is the quick stage: quick retraining is ``enabled``, it continues an active
     version, some of its ``examples`` are new to every version so far (counted as ``sized_for`` counts:
     the newest version trained on fewer), fewer than ``MAX_QUICK_IN_A_ROW`` quick versions came last, and
     the configured recipe is not a one-pass warm start already. ``recent``: (examples trained on,
-    ``metrics["retraining"]``) of the project's newest versions, newest first."""
-    quick_in_a_row = next((i for i, (_, kind) in enumerate(recent) if kind != QUICK), len(recent))
+    stage) of the project's newest versions, newest first."""
+    quick_in_a_row = next((i for i, (_, kind) in enumerate(recent) if kind != Retraining.quick), len(recent))
     return (
         enabled and incumbent is not None and bool(recent) and recent[0][0] < examples and quick_in_a_row < MAX_QUICK_IN_A_ROW
         and config.warm_start_scaling < 1
@@ -146,7 +145,7 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
         active = active_version(session, project_id)
         incumbent = Incumbent.of(active) if active else None
         newest = select(ModelVersion).where(ModelVersion.project_id == project_id).order_by(ModelVersion.id.desc())
-        recent = [(trained_on(v), v.metrics.get("retraining")) for v in session.exec(newest.limit(MAX_QUICK_IN_A_ROW))]
+        recent = [(trained_on(v), v.retraining) for v in session.exec(newest.limit(MAX_QUICK_IN_A_ROW))]
         labelled_at_start = labelled_state(session, project_id)
         registered = session.exec(select(ModelVersion.path).where(ModelVersion.project_id == project_id)).all()
     store.remove_leftovers(directory, keep=registered)
@@ -154,6 +153,7 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
         raise ValueError(f"project {project_id} has no labelled training examples yet ({len(dev_set)} in the dev set)")
 
     quick = is_quick_stage(settings.quick_retraining, config, incumbent, recent, len(train_set))
+    stage = Retraining.quick if quick else Retraining.full
     if quick:
         config = replace(config, warm_start_scaling=1.0)
     base = start_from(incumbent.path if incumbent else None, settings.base_model or default_base_model())
@@ -163,7 +163,7 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
         run.update(stage="pseudo-labelling", pool=len(pool_texts))
         pseudo = recipe.pseudo_labels(pool_texts, active_predict(pool_texts), self_training)
     sizes = {"train_size": real, "augmented": augmented, "pseudo_labelled": len(pseudo), "dev_size": len(dev_set)}
-    run.update(stage="training", retraining=QUICK if quick else FULL, base=base, **sizes, epoch=0, step=0)
+    run.update(stage="training", retraining=stage.value, base=base, **sizes, epoch=0, step=0)
 
     def on_step(step: int, total: int, loss: float) -> None:
         run.update(step=step, total_steps=total, loss=round(loss, 5))
@@ -213,7 +213,7 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
         "pseudo_labelled": len(pseudo),
         "vocabulary_added": len(outcome.added_characters),  # characters new to the vocabulary (were [UNK])
         "self_training": asdict(self_training),
-        "retraining": QUICK if quick else FULL,
+        "retraining": stage.value,
         **({"last_full": {"path": incumbent.signal_reference, "trained_on": incumbent.trained_on}} if quick else {}),
         **({"stopping": {**signal.as_dict(), "stop_set_size": len(stop_texts), "advice": signal.advice}} if signal else {}),
         "dev_size": len(dev_set),
@@ -252,7 +252,7 @@ def run_training(project_id: int, run: JobRun, config: TrainConfig) -> dict:
                 "decision": reason,
                 "dev_f1": version.dev_f1,
                 "active_dev_f1": active_scores.f1 if active_scores else None,
-                "retraining": QUICK if quick else FULL,
+                "retraining": stage.value,
                 "stopping": signal.advice if signal else None,  # "you can stop: kappa ..." or "keep going: ..."; None after a quick stage
             }
             run.finish(**summary)

@@ -9,7 +9,7 @@ from collections import Counter
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from ..models import Annotation, Job, JobStatus, ModelStatus, ModelVersion, Project, Task
+from ..models import Annotation, Job, JobStatus, ModelStatus, ModelVersion, Project, Retraining, Task
 from ..progress import progress_view
 from ..schemas import (
     RECENT_JOBS,
@@ -36,7 +36,7 @@ def dashboard(session: Session, project: Project) -> Dashboard:
         learning_curve=[
             CurvePoint(version=v.name, train_size=v.train_size, train_tokens=v.train_tokens, dev_f1=v.dev_f1)
             for v in versions
-            if v.dev_f1 is not None and v.retraining != "quick"  # the curve is the full trainings'; a quick one is superseded
+            if v.dev_f1 is not None and v.retraining != Retraining.quick  # the curve is the full trainings'; a quick one is superseded
         ],
         model_versions=versions,
         jobs=[job_summary(job) for job in newest_jobs],
@@ -60,7 +60,7 @@ def version_summary(version: ModelVersion) -> VersionSummary:
         dev_f1=version.dev_f1,
         per_type=dev.get("per_type") or {},
         decision=version.metrics.get("decision"),
-        retraining=version.metrics.get("retraining"),
+        retraining=version.retraining,
         serving=serving_note(version.metrics.get("onnx")),
         vocabulary_added=version.metrics.get("vocabulary_added"),
         created_at=version.created_at,

@@ -38,10 +38,7 @@ def report(session: Session, project: Project) -> ProjectReport:
         ),
         labels=dict(labels),
         active_model=active,
-        model_versions=[
-            ReportModel.model_validate(v, from_attributes=True).model_copy(update={"retraining": v.metrics.get("retraining")})
-            for v in versions
-        ],
+        model_versions=[ReportModel.model_validate(v, from_attributes=True) for v in versions],
         agreement=review.annotator_agreement(session, project.id),
         stopping=stopping_signal(versions),
     )
